@@ -1,0 +1,23 @@
+# The two commands of the README. Both create the virtual environment on first use.
+#   make demo   set up, then denoise the built-in synthetic demo
+#   make test   set up, then run the linter and the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,workflow]'
+	touch $@
+
+demo: setup
+	$(BIN)/fm2s demo fm2s-demo
+
+test: setup
+	$(BIN)/ruff check fm2s tests benchmarks
+	$(BIN)/python -m pytest -q

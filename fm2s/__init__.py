@@ -1,0 +1,29 @@
+"""fm2s: zero-shot FM2S denoising of fluorescence microscopy planes and stacks.
+
+>>> import fm2s
+>>> clean = fm2s.denoise(noisy_plane, preset="confocal", seed=0)  # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .denoise import (  # noqa: E402  (the function shadows the module name on purpose)
+    PlaneResult,
+    denoise,
+    denoise_planes,
+    iter_denoise_planes,
+    plane_seed,
+)
+from .settings import PRESETS, RECIPES, Settings, make_settings  # noqa: E402
+
+__all__ = [
+    "PRESETS",
+    "RECIPES",
+    "PlaneResult",
+    "Settings",
+    "__version__",
+    "denoise",
+    "denoise_planes",
+    "iter_denoise_planes",
+    "make_settings",
+    "plane_seed",
+]

@@ -1,0 +1,302 @@
+"""Provenance of an fm2s output store: what was run, on what, with what, where.
+
+Stored as JSON in the OME-Zarr group attributes under the key ``"fm2s"``, next
+to ``"ome"`` (NGFF 0.5, ``zarr.json``) or next to ``"multiscales"``/``"omero"``
+(NGFF 0.4, ``.zattrs``). Schema version 1::
+
+    {
+      "schema": 1,
+      "fm2s_version": "0.1.0",
+      "git_commit": "<sha>" | null,    # HEAD of the checkout fm2s was run from
+      "git_dirty": true | false | null,  # tracked files modified in that checkout
+      "settings": {...},               # Settings.to_dict(): every effective setting
+      "settings_digest": "<sha256>" | null,
+      "seed": 0,                       # base seed
+      "seed_derivation": "<sentence>", # how per-plane seeds derive from it
+      "input": {
+        "path": "/abs/path", "format": "imagej-tiff", "series": 0,
+        "size_bytes": 1595946, "mtime": "2026-...Z",
+        "sha256": "<hex>",             # of the input file's bytes (folders and
+                                       # stores: of relative paths and bytes of
+                                       # every file, in sorted order)
+        "pixels_sha256": "<hex>" | null, # of the raw plane bytes read, in plane order
+        "axes": "ZYX", "shape": [25, 137, 147], "dtype": "uint16",
+        "shape_tczyx": [1, 1, 25, 137, 147], "metadata": {...}   # StackMetadata
+      },
+      "output": {"axes": "tczyx", "shape": [...], "dtype": "uint16",
+                 "ngff_version": "0.4", "levels": 3},
+      "libraries": {"numpy": "2.4.6", "torch": "2.13.0+cpu", ..., "snakemake": null},
+      "python": "3.11.7", "platform": "Linux-...",
+      "device": "cpu", "host": "node01",
+      "started": "2026-...Z", "finished": "2026-...Z", "seconds": 12.3,
+      "plane_seconds": {"0,0,0": 0.41, ...}   # keyed "t,c,z"
+    }
+
+Times are ISO 8601 in UTC. Read it back with :func:`provenance`; print it with
+:func:`format_provenance`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import socket
+import subprocess
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from fm2s._ngff import PROVENANCE_KEY
+from fm2s.stacks import StackError, StackMetadata, StackNotFoundError
+
+__all__ = [
+    "PROVENANCE_KEY",
+    "build_provenance",
+    "fingerprint_input",
+    "format_provenance",
+    "git_commit",
+    "library_versions",
+    "provenance",
+    "utc_now",
+]
+
+SCHEMA_VERSION = 1
+LIBRARIES = (
+    "fm2s", "torch", "numpy", "scipy", "scikit-image", "zarr", "numcodecs", "dask",
+    "tifffile", "ome-zarr", "imageio", "tqdm", "snakemake",
+)  # fmt: skip
+
+
+def utc_now() -> str:
+    """The current time, ISO 8601 in UTC (``2026-11-21T05:01:02.123456Z``)."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
+    """Installed versions of `names` (distribution names), ``None`` when absent."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(package_dir: str | Path | None = None) -> tuple[str | None, bool | None]:
+    """HEAD commit and dirty flag of the checkout fm2s runs from, else ``(None, None)``.
+
+    Only a checkout that tracks the package's ``__init__.py`` counts, so an install
+    that merely sits inside some other repository reports ``None``.
+    """
+    package_dir = Path(package_dir or Path(__file__).parent)
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(package_dir), *args],
+                capture_output=True, text=True, timeout=10, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    if git("ls-files", "--error-unmatch", "__init__.py") is None:
+        return None, None
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit, None if status is None else bool(status)
+
+
+def fingerprint_input(path: str | Path, *, chunk_size: int = 1 << 20) -> dict[str, Any]:
+    """Size, latest mtime and SHA-256 of an input file, folder or Zarr store.
+
+    A file is hashed as its bytes; a folder as the relative POSIX path, a NUL
+    byte and the bytes of each file in sorted order. Streams in `chunk_size`
+    pieces, so memory stays small whatever the input size.
+    """
+    path = Path(path)
+    if not path.exists():
+        msg = f"{path}: no such file or folder"
+        raise StackNotFoundError(msg)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    size, mtime = 0, path.stat().st_mtime
+    for f in files:
+        if f is not path:
+            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        stat = f.stat()
+        size, mtime = size + stat.st_size, max(mtime, stat.st_mtime)
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk_size):
+                digest.update(block)
+    return {
+        "size_bytes": size,
+        "mtime": _iso(mtime),
+        "sha256": digest.hexdigest(),
+        "files": len(files),
+    }
+
+
+def build_provenance(
+    *,
+    settings: Any,
+    seed: int,
+    seed_derivation: str,
+    input_metadata: StackMetadata,
+    input_fingerprint: Mapping[str, Any],
+    output: Mapping[str, Any],
+    device: str,
+    started: str,
+    finished: str,
+    plane_seconds: Mapping[str, float],
+    pixels_sha256: str | None = None,
+) -> dict[str, Any]:
+    """Assemble the provenance dict (schema in the module docstring).
+
+    Parameters
+    ----------
+    settings : Settings or mapping
+        The effective denoise settings; ``Settings`` objects are stored with
+        ``to_dict()`` and ``digest()``.
+    seed, seed_derivation
+        Base seed and a sentence saying how per-plane seeds derive from it.
+    input_metadata : StackMetadata
+        As read by :func:`fm2s.stacks.open_stack`.
+    input_fingerprint : mapping
+        From :func:`fingerprint_input`.
+    output : mapping
+        ``shape``, ``dtype``, ``ngff_version``, ``levels`` of the written store.
+    device : str
+        The device planes were denoised on (resolved, e.g. ``"cuda:0"``).
+    started, finished : str
+        ISO 8601 UTC times (see :func:`utc_now`).
+    plane_seconds : mapping
+        Denoising seconds per plane, keyed ``"t,c,z"``.
+    pixels_sha256 : str, optional
+        SHA-256 of the raw bytes of the planes read, in plane order.
+    """
+    if hasattr(settings, "to_dict"):
+        digest = settings.digest() if hasattr(settings, "digest") else None
+        settings = settings.to_dict()
+    else:
+        settings, digest = dict(settings), None
+    commit, dirty = git_commit()
+    meta = input_metadata
+    seconds = (
+        datetime.fromisoformat(finished.replace("Z", "+00:00"))
+        - datetime.fromisoformat(started.replace("Z", "+00:00"))
+    ).total_seconds()
+    record = {
+        "schema": SCHEMA_VERSION,
+        "fm2s_version": library_versions(("fm2s",))["fm2s"] or _package_version(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "settings": settings,
+        "settings_digest": digest,
+        "seed": int(seed),
+        "seed_derivation": seed_derivation,
+        "input": {
+            "path": str(Path(meta.path).resolve()),
+            "format": meta.format,
+            "series": meta.series,
+            **{k: input_fingerprint.get(k) for k in ("size_bytes", "mtime", "sha256", "files")},
+            "pixels_sha256": pixels_sha256,
+            "axes": meta.axes_found,
+            "shape": list(meta.shape_found),
+            "dtype": meta.dtype,
+            "shape_tczyx": list(meta.shape),
+            "metadata": meta.to_dict(),
+        },
+        "output": {"axes": "tczyx", **dict(output)},
+        "libraries": library_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "host": socket.gethostname(),
+        "started": started,
+        "finished": finished,
+        "seconds": round(seconds, 3),
+        "plane_seconds": {str(k): round(float(v), 4) for k, v in plane_seconds.items()},
+    }
+    if "shape" in record["output"]:
+        record["output"]["shape"] = [int(n) for n in record["output"]["shape"]]
+    json.dumps(record, allow_nan=False)  # JSON-able, or fail here
+    return record
+
+
+def _package_version() -> str:
+    from fm2s import __version__
+
+    return __version__
+
+
+def provenance(path: str | Path) -> dict[str, Any]:
+    """Read the fm2s provenance of an OME-Zarr store written by fm2s.
+
+    Raises
+    ------
+    StackNotFoundError
+        If `path` does not exist (also a ``FileNotFoundError``).
+    StackError
+        If `path` is not a Zarr group or has no ``"fm2s"`` attribute.
+    """
+    import zarr
+
+    path = Path(path)
+    if not path.exists():
+        msg = f"{path}: no such store"
+        raise StackNotFoundError(msg)
+    try:
+        attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    except Exception as exc:
+        msg = f"{path}: not a readable Zarr group ({type(exc).__name__}: {exc})"
+        raise StackError(msg) from exc
+    if PROVENANCE_KEY not in attrs:
+        msg = f"{path}: no fm2s provenance (no {PROVENANCE_KEY!r} key in the group attributes)"
+        raise StackError(msg)
+    return attrs[PROVENANCE_KEY]
+
+
+def format_provenance(path: str | Path) -> str:
+    """Provenance of a store as readable text, for ``fm2s info STORE``."""
+    p = provenance(path)
+    inp, out = p.get("input", {}), p.get("output", {})
+    times = list((p.get("plane_seconds") or {}).values())
+    commit = p.get("git_commit") or "none (not run from a git checkout)"
+    if p.get("git_dirty"):
+        commit += " (with uncommitted changes)"
+    lines = [
+        f"store:     {Path(path)}",
+        f"fm2s:      {p.get('fm2s_version')}  commit {commit}",
+        f"input:     {inp.get('path')}  [{inp.get('format')}, series {inp.get('series')}]",
+        f"           axes {inp.get('axes')} shape {inp.get('shape')} {inp.get('dtype')}, "
+        f"{inp.get('size_bytes')} bytes, modified {inp.get('mtime')}",
+        f"           sha256 {inp.get('sha256')}",
+        f"output:    axes {out.get('axes')} shape {out.get('shape')} {out.get('dtype')}, "
+        f"NGFF {out.get('ngff_version')}, {out.get('levels')} levels",
+        f"seed:      {p.get('seed')}  ({p.get('seed_derivation')})",
+        f"settings:  digest {p.get('settings_digest')}",
+    ]
+    lines += [f"           {k} = {v!r}" for k, v in sorted((p.get("settings") or {}).items())]
+    lines += [
+        f"run:       {p.get('started')} -> {p.get('finished')} ({p.get('seconds')} s) "
+        f"on {p.get('device')} at {p.get('host')}",
+    ]
+    if times:
+        lines.append(
+            f"planes:    {len(times)}, {sum(times):.2f} s denoising "
+            f"(mean {sum(times) / len(times):.3f} s, max {max(times):.3f} s)"
+        )
+    libs = ", ".join(f"{k} {v}" for k, v in (p.get("libraries") or {}).items() if v)
+    lines.append(f"libraries: python {p.get('python')}, {libs}")
+    return "\n".join(lines)

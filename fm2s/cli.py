@@ -1,0 +1,373 @@
+"""The ``fm2s`` command line: denoise, demo, eval, info.
+
+Errors in the input (missing or unreadable files, bad arrays, unknown presets) end with a one-line
+message naming the file and the problem, and exit code 2; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .denoise import iter_denoise_planes
+from .planeio import IMAGE_SUFFIXES, read_image, write_image
+from .settings import PRESETS, RECIPES, Settings, make_settings
+
+log = logging.getLogger("fm2s")
+
+EXIT_BAD_INPUT = 2
+MICROSCOPE_PREFIXES = {"confocal": "confocal", "twophoton": "twophoton", "widefield": "widefield"}
+
+
+class UsageError(Exception):
+    """A problem with the user's input; reported in one line with exit code 2."""
+
+
+# --- settings from the command line -------------------------------------------------------------
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _add_settings_options(parser: argparse.ArgumentParser, *, preset_help: str | None = None):
+    group = parser.add_argument_group("denoising settings")
+    group.add_argument("--preset", default="confocal", help=preset_help or (
+        f"noise synthesis for a microscope: {', '.join(PRESETS)} (default: confocal)"))
+    group.add_argument("--recipe", default="fast", choices=sorted(RECIPES), help=(
+        "network and training schedule: fast (default, seconds per plane), v2 or v1 "
+        "(the published schedules, minutes per plane)"))
+    group.add_argument("--seed", type=int, default=0, help="base seed (default 0); each plane's "
+                       "seed derives from it and the plane's content")
+    group.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=(
+        "override one setting, e.g. --set k_g=150 --set steps=200 (repeatable); "
+        "see fm2s.settings.Settings for the keys"))
+    group.add_argument("--settings", metavar="JSON", type=Path, help=(
+        "read complete settings from a JSON file (as written by --save-settings); "
+        "--preset, --recipe and --set are then not allowed"))
+    group.add_argument("--data-range", type=float, default=None, help=(
+        "intensity that maps to 1.0 (default: the dtype's maximum for integers, e.g. 65535 "
+        "for uint16; 1 or the plane maximum for floats); e.g. 4095 for 12-bit data"))
+    group = parser.add_argument_group("execution")
+    group.add_argument("--device", default="auto", help="auto (default: CUDA if available), "
+                       "cpu, cuda or cuda:N")
+    group.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def _settings_from_args(args, preset: str | None = None) -> Settings:
+    if args.settings is not None:
+        if args.set:
+            raise UsageError("--settings cannot be combined with --set")
+        try:
+            return Settings.from_json(args.settings.read_text())
+        except (OSError, ValueError) as error:
+            raise UsageError(f"{args.settings}: {error}") from error
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = _parse_value(value.strip())
+    try:
+        return make_settings(preset or args.preset, args.recipe, **overrides)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+
+
+# --- fm2s denoise -------------------------------------------------------------------------------
+
+def _planes_of(image: np.ndarray, path: Path):
+    """Split a PNG/TIFF array into 2D planes, and a function that puts results back."""
+    if image.ndim == 2:
+        return [image], lambda planes: planes[0]
+    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
+        # RGB(A) samples: one plane per channel.
+        planes = [image[..., s] for s in range(image.shape[-1])]
+        return planes, lambda out: np.stack(out, axis=-1)
+    if image.ndim >= 3:
+        lead = image.shape[:-2]
+        flat = image.reshape(-1, *image.shape[-2:])
+        return list(flat), lambda out: np.stack(out).reshape(*lead, *image.shape[-2:])
+    raise UsageError(f"{path}: expected an image with at least 2 dimensions, got {image.shape}")
+
+
+def cmd_denoise(args) -> int:
+    src, dst = args.input, args.output
+    if src.resolve() == dst.resolve():
+        raise UsageError(f"{dst}: output would overwrite the input")
+    if dst.exists() and not args.overwrite:
+        raise UsageError(f"{dst}: output exists (use --overwrite to replace it)")
+    settings = _settings_from_args(args)
+    if args.save_settings:
+        args.save_settings.write_text(settings.to_json() + "\n")
+    if _is_stack_job(src, dst):
+        return _denoise_stack(args, settings)
+    image = read_image(src)
+    planes, assemble = _planes_of(image, src)
+    log.info("%s: %s %s, %d plane(s), preset %s, recipe %s", src, image.dtype, image.shape,
+             len(planes), settings.preset, settings.recipe)
+    results = []
+    bar = tqdm(total=len(planes), desc=src.name, unit="plane", disable=args.quiet or None)
+    try:
+        for result in iter_denoise_planes(planes, settings, seed=args.seed, device=args.device,
+                                          threads=args.threads, data_range=args.data_range):
+            results.append(result.image)
+            bar.update()
+            log.debug("plane %d: %.2f s", len(results) - 1, result.seconds)
+    except ValueError as error:
+        raise UsageError(f"{src}: {error}") from error
+    finally:
+        bar.close()
+    write_image(dst, assemble(results), overwrite=args.overwrite)
+    log.info("wrote %s", dst)
+    return 0
+
+
+def _is_stack_job(src: Path, dst: Path) -> bool:
+    """Stacks in OME/ImageJ formats or OME-Zarr output go through fm2s.pipeline."""
+    names = (src.name.lower(), dst.name.lower())
+    return (src.is_dir() or any(n.endswith((".zarr", ".ome.tif", ".ome.tiff")) for n in names))
+
+
+def _denoise_stack(args, settings: Settings) -> int:
+    from .pipeline import denoise_stack  # stack I/O pulls in zarr and dask
+
+    if not args.output.name.lower().endswith(".zarr"):
+        raise UsageError(f"{args.output}: stack output must be an OME-Zarr store (name.ome.zarr)")
+    denoise_stack(args.input, args.output, settings=settings, seed=args.seed,
+                  series=args.series, pages_as=args.pages_as, levels=args.levels,
+                  ngff_version=args.ngff_version, device=args.device, threads=args.threads,
+                  overwrite=args.overwrite, progress=not args.quiet,
+                  data_range=args.data_range)
+    return 0
+
+
+# --- fm2s demo ----------------------------------------------------------------------------------
+
+def cmd_demo(args) -> int:
+    from skimage.metrics import peak_signal_noise_ratio as psnr
+
+    from .synthetic import clean_plane, noisy_plane
+
+    out = args.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    clean = clean_plane((args.size, args.size), seed=args.seed)
+    truth = np.rint(clean * 255).astype(np.uint8)
+    noisy = noisy_plane(clean, photons=20.0, read_noise=0.03, seed=args.seed + 1)
+    write_image(out / "ground_truth.png", truth, overwrite=True)
+    write_image(out / "noisy.png", noisy, overwrite=True)
+    settings = _settings_from_args(args)
+    start = time.perf_counter()
+    result = next(iter_denoise_planes([noisy], settings, seed=args.seed, device=args.device,
+                                      threads=args.threads))
+    seconds = time.perf_counter() - start
+    write_image(out / "denoised.png", result.image, overwrite=True)
+    before = psnr(truth, noisy, data_range=255)
+    after = psnr(truth, result.image, data_range=255)
+    print(f"demo plane {args.size}x{args.size}: PSNR noisy {before:.2f} dB -> denoised "
+          f"{after:.2f} dB in {seconds:.1f} s ({settings.recipe} recipe); images in {out}/")
+    return 0
+
+
+# --- fm2s eval ----------------------------------------------------------------------------------
+
+def _preset_for(name: str, choice: str) -> str:
+    if choice != "by-name":
+        return choice
+    prefix = name.split("_")[0].lower()
+    if prefix not in MICROSCOPE_PREFIXES:
+        raise UsageError(f"{name}: cannot tell the microscope from the name (expected a prefix "
+                         f"among {', '.join(MICROSCOPE_PREFIXES)}); pass --preset")
+    return MICROSCOPE_PREFIXES[prefix]
+
+
+def _data_range(truth: np.ndarray) -> float:
+    if truth.dtype.kind in "ui":
+        return float(np.iinfo(truth.dtype).max)
+    return float(truth.max() - truth.min())
+
+
+def evaluate_folder(noisy_dir: Path, truth_dir: Path, args) -> list[dict]:
+    """Denoise every image of ``noisy_dir`` with a same-named image in ``truth_dir``."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    names = sorted(p.name for p in noisy_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                   and (truth_dir / p.name).is_file())
+    if args.limit:
+        names = names[: args.limit]
+    if not names:
+        raise UsageError(f"{noisy_dir}: no images with a same-named ground truth in {truth_dir}")
+    rows = []
+    for name in tqdm(names, desc="eval", unit="image", disable=args.quiet or None):
+        noisy, truth = read_image(noisy_dir / name), read_image(truth_dir / name)
+        if noisy.shape != truth.shape:
+            raise UsageError(f"{noisy_dir / name}: shape {noisy.shape} differs from ground truth "
+                             f"{truth.shape}")
+        settings = _settings_from_args(args, preset=_preset_for(name, args.preset))
+        start = time.perf_counter()
+        result = next(iter_denoise_planes([noisy], settings, seed=args.seed, device=args.device,
+                                          threads=args.threads, data_range=args.data_range))
+        seconds = time.perf_counter() - start
+        span = _data_range(truth)
+        row = {
+            "image": name, "group": name.split("_")[0], "preset": settings.preset,
+            "recipe": settings.recipe,
+            "psnr_noisy": peak_signal_noise_ratio(truth, noisy, data_range=span),
+            "psnr": peak_signal_noise_ratio(truth, result.image, data_range=span),
+            "ssim_noisy": structural_similarity(truth, noisy, data_range=span),
+            "ssim": structural_similarity(truth, result.image, data_range=span),
+            "seconds": seconds,
+        }
+        rows.append(row)
+        log.info("%s: PSNR %.2f dB (noisy %.2f), SSIM %.3f, %.1f s", name, row["psnr"],
+                 row["psnr_noisy"], row["ssim"], seconds)
+        if args.save_dir:
+            write_image(args.save_dir / name, result.image, overwrite=True)
+    return rows
+
+
+METRICS = ("psnr_noisy", "psnr", "ssim_noisy", "ssim", "seconds")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean of each metric per group, then over all images."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    groups["all"] = rows
+    return [{"group": g, "images": len(members),
+             **{m: float(np.mean([r[m] for r in members])) for m in METRICS}}
+            for g, members in groups.items()]
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(value):
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 1.5 else f"{value:.2f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    for folder in (args.noisy_dir, args.truth_dir):
+        if not folder.is_dir():
+            raise UsageError(f"{folder}: no such directory")
+    rows = evaluate_folder(args.noisy_dir, args.truth_dir, args)
+    summary = summarise(rows)
+    image_cols = ["image", "preset", "recipe", *METRICS]
+    group_cols = ["group", "images", *METRICS]
+    text = (markdown_table(rows, image_cols) + "\n\n" + markdown_table(summary, group_cols) + "\n")
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
+    if args.csv:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["image", "group", "preset", "recipe", *METRICS])
+        writer.writeheader()
+        writer.writerows(rows)
+        args.csv.write_text(buffer.getvalue())
+    return 0
+
+
+# --- fm2s info ----------------------------------------------------------------------------------
+
+def cmd_info(args) -> int:
+    from ._provenance import format_provenance
+
+    print(format_provenance(args.store))
+    return 0
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fm2s", description="Zero-shot denoising of fluorescence microscopy with FM2S.")
+    parser.add_argument("--version", action="version", version=f"fm2s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every plane")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("denoise", help="denoise a plane, a TIFF stack or an OME stack",
+                       description="Denoise IN into OUT. PNG/TIFF planes and simple TIFF stacks "
+                       "(every plane denoised) give the same format back, with the input's dtype "
+                       "and shape; OME-TIFF, ImageJ, OME-Zarr or a folder of TIFFs as IN, or an "
+                       "OUT ending in .ome.zarr, give an OME-Zarr store with provenance.")
+    p.add_argument("input", type=Path, help="input image, stack, OME-Zarr store or folder")
+    p.add_argument("output", type=Path, help="output file (.png/.tif/.tiff) or store (.ome.zarr)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--save-settings", type=Path, metavar="JSON",
+                   help="also write the effective settings as JSON")
+    stack = p.add_argument_group("stack input and OME-Zarr output")
+    stack.add_argument("--series", type=int, default=0, help="series of a multi-series file")
+    stack.add_argument("--pages-as", choices=("z", "t"), default="z",
+                       help="axis of the pages of a plain multi-page TIFF (default z)")
+    stack.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
+    stack.add_argument("--ngff-version", choices=("0.4", "0.5"), default="0.4",
+                       help="OME-Zarr version to write (default 0.4, read by most viewers)")
+    _add_settings_options(p)
+    p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("demo", help="denoise a synthetic plane and report PSNR",
+                       description="Make a synthetic fluorescence-like plane with known "
+                       "Poisson-Gaussian noise, denoise it and print PSNR before and after.")
+    p.add_argument("output_dir", type=Path, nargs="?", default=Path("fm2s-demo"),
+                   help="folder for noisy.png, denoised.png, ground_truth.png (default fm2s-demo)")
+    p.add_argument("--size", type=int, default=256, help="plane side in pixels (default 256)")
+    _add_settings_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="score denoising against ground truth",
+                       description="Denoise every image in NOISY_DIR that has a same-named image "
+                       "in GT_DIR; print PSNR and SSIM (skimage.metrics; data range 255 for "
+                       "8-bit) per image and per name prefix (e.g. Confocal), and seconds.")
+    p.add_argument("noisy_dir", type=Path)
+    p.add_argument("truth_dir", type=Path, metavar="gt_dir")
+    p.add_argument("--csv", type=Path, help="write the per-image table as CSV")
+    p.add_argument("--markdown", type=Path, help="write both tables as Markdown")
+    p.add_argument("--save-dir", type=Path, help="also save the denoised images here")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images (by name)")
+    _add_settings_options(p, preset_help="a preset name, or by-name (default): the preset of "
+                          "the microscope named by the file's prefix (Confocal_, TwoPhoton_, "
+                          "WideField_)")
+    p.set_defaults(func=cmd_eval, preset="by-name")
+
+    p = sub.add_parser("info", help="print the provenance of an fm2s OME-Zarr store")
+    p.add_argument("store", type=Path)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UsageError as error:
+        print(f"fm2s: error: {error}", file=sys.stderr)
+    except FileNotFoundError as error:
+        print(f"fm2s: error: {error}", file=sys.stderr)
+    except ValueError as error:  # ImageFileError, StackError and other input errors
+        print(f"fm2s: error: {error}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Public denoising functions: one plane (``denoise``) or many (``denoise_planes``).
+
+Intensity scale
+---------------
+FM2S works on intensities in [0, 1]. An integer plane is divided by its dtype's largest value
+(255 for uint8, exactly as the paper; 65535 for uint16; ``iinfo(dtype).max`` in general), so a
+uint16 plane equal to a uint8 plane times 257 is the same [0, 1] plane and denoises to the
+uint8 result times 257, within rounding. A float plane in [0, 1] is used as it is; a float plane
+with larger values is divided by its maximum. ``data_range`` overrides the divisor, for example
+``data_range=4095`` for 12-bit data stored as uint16, which keeps the global Poisson stage
+(``lam_p`` photons at 1.0) as strong as for data that fills its range.
+
+The result is multiplied back, rounded (not truncated) and clipped to the input dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import time
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+
+import numpy as np
+import torch
+
+from .noise import median_target, region_means
+from .settings import Settings, make_settings
+from .train import PlaneData, extract_model, fit, group_key, predict
+
+__all__ = ["PlaneResult", "denoise", "denoise_planes", "iter_denoise_planes", "plane_seed",
+           "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+#: Planes trained in one grouped pass on a CUDA device (on CPU, one at a time: there grouping
+#: gains nothing and a lone plane gives bitwise the same result either way).
+CUDA_GROUP_SIZE = 16
+
+
+@dataclass
+class PlaneResult:
+    """One denoised plane and how it was made."""
+
+    image: np.ndarray  # same dtype and shape as the input plane
+    seconds: float  # wall time spent on this plane (its share of a grouped pass)
+    seed: int  # the plane's own seed, from plane_seed(base seed, key)
+    key: Hashable  # the plane's identity
+    data_range: float  # intensity that was mapped to 1.0
+
+
+def plane_seed(seed: int, key: Hashable) -> int:
+    """Seed of one plane: SHA-256 of the base seed and the plane's key, as a 63-bit integer.
+
+    The key is any value with a stable ``repr`` (a (t, c, z) tuple, a file name, or the digest of
+    the plane's bytes that :func:`iter_denoise_planes` uses by default).
+    """
+    digest = hashlib.sha256(f"fm2s:{int(seed)}:{key!r}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def content_key(plane: np.ndarray) -> str:
+    """Identity of a plane by content: SHA-256 of its dtype, shape and bytes (16 hex digits)."""
+    h = hashlib.sha256(f"{plane.dtype.str}{plane.shape}".encode())
+    h.update(np.ascontiguousarray(plane).tobytes())
+    return h.hexdigest()[:16]
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'`` or ``'cuda:N'``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        msg = f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        raise ValueError(msg) from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            msg = f"device {device!r} requested but CUDA is not available on this machine"
+            raise ValueError(msg)
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            msg = f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            raise ValueError(msg)
+    elif resolved.type != "cpu":
+        msg = f"unsupported device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        raise ValueError(msg)
+    return resolved
+
+
+def _check_plane(plane: np.ndarray, settings: Settings, what: str) -> None:
+    if plane.dtype == bool or plane.dtype.kind not in "uif":
+        msg = (f"{what}: unsupported dtype {plane.dtype}; expected an integer or float plane")
+        raise ValueError(msg)
+    if plane.ndim != 2:
+        msg = (f"{what}: expected a 2D plane (Y, X), got shape {plane.shape}; use channel_axis "
+               f"for colour planes, or denoise_planes for stacks")
+        raise ValueError(msg)
+    if plane.size == 0:
+        msg = f"{what}: empty plane of shape {plane.shape}"
+        raise ValueError(msg)
+    smallest = max(2 * (2 * (settings.kernel_size // 2) + 1) + 1, settings.median_size)
+    if min(plane.shape) < smallest:
+        msg = (f"{what}: plane of shape {plane.shape} is smaller than the network's receptive "
+               f"field; need at least {smallest} x {smallest} pixels")
+        raise ValueError(msg)
+    if plane.dtype.kind == "f":
+        if not np.isfinite(plane).all():
+            msg = f"{what}: plane contains NaN or infinite values"
+            raise ValueError(msg)
+        if plane.min() < 0:
+            msg = (f"{what}: float plane has negative values (min {plane.min():g}); FM2S models "
+                   f"photon counts: subtract a smaller offset or clip at 0 first")
+            raise ValueError(msg)
+
+
+def intensity_range(plane: np.ndarray, data_range: float | None = None) -> float:
+    """The intensity mapped to 1.0 (see the module docstring)."""
+    if data_range is not None:
+        if not np.isfinite(data_range) or data_range <= 0:
+            msg = f"data_range must be a positive number, got {data_range!r}"
+            raise ValueError(msg)
+        return float(data_range)
+    if plane.dtype.kind in "ui":
+        return float(np.iinfo(plane.dtype).max)
+    peak = float(plane.max())
+    return 1.0 if peak <= 1.0 else peak
+
+
+def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+def iter_denoise_planes(
+    planes: Iterable[np.ndarray] | np.ndarray,
+    settings: Settings | None = None,
+    *,
+    seed: int = 0,
+    keys: Sequence[Hashable] | None = None,
+    device: str | torch.device = "auto",
+    threads: int | None = None,
+    data_range: float | None = None,
+) -> Iterator[PlaneResult]:
+    """Denoise 2D planes one after another, yielding each result as soon as it is ready.
+
+    Parameters
+    ----------
+    planes : iterable of ndarray (Y, X), or ndarray (N, Y, X)
+        Integer or float planes. On CUDA, up to ``CUDA_GROUP_SIZE`` consecutive planes whose
+        training batches have equal shapes train together in one grouped pass.
+    settings : Settings, optional
+        Default: ``make_settings()`` (confocal preset, fast recipe).
+    seed : int
+        Base seed; plane ``i`` uses ``plane_seed(seed, keys[i])``.
+    keys : sequence of hashable, optional
+        Identity of each plane. Default: a digest of the plane's dtype, shape and bytes, so the
+        same plane gets the same result wherever it sits in the batch.
+    device : {'auto', 'cpu', 'cuda', 'cuda:N'} or torch.device
+    threads : int, optional
+        CPU threads for torch (default: torch's own choice).
+    data_range : float, optional
+        Intensity mapped to 1.0, for every plane (default: from each plane's dtype).
+
+    Yields
+    ------
+    PlaneResult
+        In input order.
+    """
+    settings = settings or make_settings()
+    device = resolve_device(device)
+    if threads is not None:
+        if threads < 1:
+            msg = f"threads must be >= 1, got {threads!r}"
+            raise ValueError(msg)
+        torch.set_num_threads(threads)
+    group_size = CUDA_GROUP_SIZE if device.type == "cuda" else 1
+    key_iter = iter(keys) if keys is not None else None
+
+    def prepared():
+        for index, plane in enumerate(planes):
+            plane = np.asarray(plane)
+            _check_plane(plane, settings, f"plane {index}")
+            scale = intensity_range(plane, data_range)
+            normalised = (plane.astype(np.float64) / scale).astype(np.float32)
+            # Keying on the [0, 1] plane gives a uint16 copy of a uint8 plane (x257) its seed.
+            key = next(key_iter) if key_iter is not None else content_key(normalised)
+            yield plane, normalised, scale, key
+
+    pending = prepared()
+    while True:
+        chunk = list(itertools.islice(pending, group_size))
+        if not chunk:
+            if key_iter is not None and next(key_iter, None) is not None:
+                msg = "more keys than planes"
+                raise ValueError(msg)
+            return
+        # Consecutive planes with equal batch shapes train together.
+        for _, members in groupby(chunk, key=lambda item: group_key(settings, item[0].shape)):
+            yield from _denoise_group(list(members), settings, seed, device)
+
+
+def _denoise_group(members, settings, seed, device) -> list[PlaneResult]:
+    start = time.perf_counter()
+    results: list[PlaneResult | None] = [None] * len(members)
+    trainable, data = [], []
+    for slot, (plane, noisy, scale, key) in enumerate(members):
+        if plane.min() == plane.max():
+            # A constant plane is its own denoised result (and has no noise to learn from).
+            results[slot] = PlaneResult(plane.copy(), 0.0, plane_seed(seed, key), key, scale)
+            continue
+        target = median_target(noisy, settings.median_size)
+        means = region_means(target, settings.region_size, settings.mean_clamp)
+        own_seed = plane_seed(seed, key)
+        init_gen = torch.Generator().manual_seed(own_seed)
+        noise_gen = torch.Generator(device=device).manual_seed(own_seed ^ 0x5EED)
+        data.append(PlaneData(torch.from_numpy(noisy), torch.from_numpy(target),
+                              torch.from_numpy(means), init_gen, noise_gen))
+        trainable.append((slot, plane, key, scale, own_seed))
+    if trainable:
+        log.debug("training %d plane(s) of shape %s", len(trainable), trainable[0][1].shape)
+        net = fit([PlaneData(p.noisy.to(device), p.target.to(device), p.means.to(device),
+                             p.init_generator, p.noise_generator) for p in data],
+                  settings, device)
+        for g, (slot, plane, key, scale, own_seed) in enumerate(trainable):
+            clean = predict(extract_model(net, g), data[g].noisy.numpy(), device)
+            image = _to_dtype(clean.astype(np.float64) * scale, plane.dtype)
+            results[slot] = PlaneResult(image, 0.0, own_seed, key, scale)
+    share = (time.perf_counter() - start) / len(members)
+    for result in results:
+        result.seconds = share
+    return results
+
+
+def denoise_planes(planes, settings: Settings | None = None, **kwargs) -> list[np.ndarray]:
+    """Denoise many 2D planes; the list form of :func:`iter_denoise_planes` (same arguments)."""
+    return [result.image for result in iter_denoise_planes(planes, settings, **kwargs)]
+
+
+def denoise(
+    image: np.ndarray,
+    preset: str = "confocal",
+    seed: int = 0,
+    *,
+    recipe: str = "fast",
+    channel_axis: int | None = None,
+    device: str | torch.device = "auto",
+    threads: int | None = None,
+    data_range: float | None = None,
+    settings: Settings | None = None,
+    **overrides,
+) -> np.ndarray:
+    """Denoise a fluorescence plane with FM2S.
+
+    Parameters
+    ----------
+    image : ndarray (Y, X) or (Y, X, C) of ints, uints or floats
+        The noisy plane. Not modified.
+    preset : str
+        Noise synthesis for a microscope: ``confocal``, ``twophoton``, ``widefield``, ``base``
+        or ``v1``.
+    seed : int
+        Base seed; the same image, settings and seed always give the same result on CPU.
+    recipe : str
+        ``fast`` (default), ``v2`` or ``v1`` (the published schedules).
+    channel_axis : int, optional
+        Axis of colour channels; each channel is denoised on its own. None: a gray plane.
+    device : {'auto', 'cpu', 'cuda', 'cuda:N'}
+    threads : int, optional
+        CPU threads for torch.
+    data_range : float, optional
+        Intensity mapped to 1.0 (default: the dtype's maximum for integers; see module notes).
+    settings : Settings, optional
+        Complete settings; when given, ``preset``, ``recipe`` and ``overrides`` are not allowed.
+    **overrides
+        Fields of :class:`fm2s.settings.Settings`, e.g. ``k_g=150`` or ``steps=200``.
+
+    Returns
+    -------
+    ndarray
+        The denoised image, with the input's dtype and shape.
+
+    Raises
+    ------
+    ValueError
+        Bad input (wrong dimensions or dtype, NaN/inf, negative floats, too small) or unknown
+        preset, recipe or setting.
+
+    Notes
+    -----
+    FM2S [1]_ trains a small CNN per plane to map synthetic noisy versions of the plane's median
+    filter back to that median image, then applies it to the real plane.
+
+    References
+    ----------
+    .. [1] J. Liu, Y. Teng, X. Jiang et al., "FM2S: Towards Spatially-Correlated Noise Modeling
+       in Zero-Shot Fluorescence Microscopy Image Denoising", arXiv:2412.10031.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> noisy = rng.poisson(40.0, size=(32, 32)).astype(np.uint8)
+    >>> clean = denoise(noisy, seed=0, steps=10, device="cpu")
+    >>> clean.shape, clean.dtype
+    ((32, 32), dtype('uint8'))
+    """
+    if settings is None:
+        settings = make_settings(preset, recipe, **overrides)
+    elif overrides:
+        msg = "pass either settings or overrides, not both"
+        raise ValueError(msg)
+    image = np.asarray(image)
+    if channel_axis is None:
+        return denoise_planes([image], settings, seed=seed, device=device, threads=threads,
+                              data_range=data_range)[0]
+    if image.ndim != 3:
+        msg = f"channel_axis given: expected a (Y, X, C)-like 3D image, got shape {image.shape}"
+        raise ValueError(msg)
+    axis = channel_axis % image.ndim
+    channels = np.moveaxis(image, axis, 0)
+    out = denoise_planes(list(channels), settings, seed=seed, device=device, threads=threads,
+                         data_range=data_range)
+    return np.moveaxis(np.stack(out), 0, axis)

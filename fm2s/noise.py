@@ -1,0 +1,100 @@
+"""FM2S noise synthesis: region-adaptive Poisson-Gaussian noise added to a pseudo-clean plane.
+
+All functions work on the algorithm's [0, 1] intensity scale and take their random generator
+explicitly, so every draw is reproducible from a seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+__all__ = ["median_target", "region_means", "synthesize"]
+
+
+def median_target(plane: np.ndarray, size: int) -> np.ndarray:
+    """Pseudo-clean target: a ``size`` x ``size`` median filter with reflected borders.
+
+    Parameters
+    ----------
+    plane : ndarray (Y, X) of float32
+        Noisy plane on the [0, 1] scale.
+    size : int
+        Odd window side in pixels.
+
+    Returns
+    -------
+    ndarray (Y, X) of float32
+    """
+    return ndimage.median_filter(plane, size=size, mode="reflect")
+
+
+def region_means(target: np.ndarray, size: int, clamp: tuple[float, float]) -> np.ndarray:
+    """Mean intensity ``M`` of each non-overlapping ``size`` x ``size`` tile, broadcast per pixel.
+
+    Tiles at the right and bottom edges may be smaller than ``size``; their mean is taken over
+    their own pixels only. (The reference code zero-pads the plane to a multiple of ``size`` and
+    divides by ``size**2``, which darkens edge tiles and so gives borders too little noise.)
+
+    Parameters
+    ----------
+    target : ndarray (Y, X) of float32
+        Pseudo-clean plane on the [0, 1] scale.
+    size : int
+        Tile side in pixels.
+    clamp : (float, float)
+        Each tile mean is clamped to this range (it divides the Poisson rate, so it must be > 0).
+
+    Returns
+    -------
+    ndarray (Y, X) of float32
+        The clamped tile mean of every pixel's tile.
+    """
+    height, width = target.shape
+    rows, cols = -(-height // size), -(-width // size)
+    padded = np.zeros((rows * size, cols * size), dtype=np.float64)
+    padded[:height, :width] = target
+    counts = np.zeros_like(padded)
+    counts[:height, :width] = 1.0
+    tile_sum = padded.reshape(rows, size, cols, size).sum(axis=(1, 3))
+    tile_count = counts.reshape(rows, size, cols, size).sum(axis=(1, 3))
+    means = np.clip(tile_sum / tile_count, *clamp).astype(np.float32)
+    return np.repeat(np.repeat(means, size, axis=0), size, axis=1)[:height, :width]
+
+
+def synthesize(
+    target: torch.Tensor, means: torch.Tensor, *, k_g: float, k_p: float, lam_p: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Draw one FM2S noisy copy of ``target``.
+
+    Three stages, as in the paper:
+
+    1. regional Poisson: ``y = Poisson(c * k_p / M) * M / k_p`` (mean c, variance c M / k_p);
+    2. regional Gaussian: ``y += Normal(0, (k_g M / 255)^2)``, then clamp to [0, 1];
+    3. global Poisson: ``z = Poisson(y * lam_p) / lam_p``, then clamp to [0, 1].
+
+    Parameters
+    ----------
+    target : Tensor (..., Y, X) of float32
+        Pseudo-clean intensities ``c`` in [0, 1]; repeat it along a channel axis first to get
+        independent draws per channel.
+    means : Tensor broadcastable to ``target``
+        Tile means ``M`` from :func:`region_means`.
+    k_g, k_p, lam_p : float
+        Noise strengths (see :class:`fm2s.settings.Settings`).
+    generator : torch.Generator
+        Source of randomness, on the same device as ``target``.
+
+    Returns
+    -------
+    Tensor, same shape as ``target``
+    """
+    scale = k_p / means
+    noisy = torch.poisson(target * scale, generator=generator) / scale
+    gauss = torch.randn(target.shape, generator=generator, device=target.device,
+                        dtype=target.dtype)
+    noisy.add_(gauss.mul_(means * (k_g / 255.0))).clamp_(0.0, 1.0)
+    noisy = torch.poisson(noisy.mul_(lam_p), generator=generator).div_(lam_p)
+    return noisy.clamp_(0.0, 1.0)

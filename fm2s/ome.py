@@ -1,0 +1,411 @@
+"""Write (and read back) OME-Zarr images plane by plane, atomically.
+
+The writer builds a 5D ``(t, c, z, y, x)`` image, NGFF 0.4 (Zarr v2, the default)
+or 0.5 (Zarr v3), from one plane at a time, so that a stack never has to fit in
+memory: each plane is written at full resolution and, 2x2-block averaged, into
+every pyramid level (level ``k`` has ``y // 2**k`` by ``x // 2**k`` pixels, as in
+ome-zarr-py; z is never downsampled). Chunks hold one plane, tiled above `tile`
+pixels. Axes, units, pixel sizes and the ``omero`` channel block come from the
+input's :class:`~fm2s.stacks.StackMetadata`; fm2s provenance sits in the group
+attributes under ``"fm2s"``, next to ``"ome"`` (see :mod:`fm2s._provenance`).
+
+A store is built under a hidden sibling ``.<name>.tmp-<pid>-<random>`` and renamed
+to its final name only when complete; ``overwrite=True`` renames the old store
+aside, renames the new one in, then deletes the old one. A crash or exception
+never leaves a store under the final name (a hard kill may leave the hidden
+temporary sibling behind).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+import zarr
+from ome_zarr.axes import KNOWN_SPATIAL_UNITS, KNOWN_TEMPORAL_UNITS
+from ome_zarr.format import FormatV04, FormatV05
+from ome_zarr.writer import add_metadata, write_multiscales_metadata
+
+from fm2s._ngff import PROVENANCE_KEY, open_ngff_group
+from fm2s._readers import normalize_unit
+from fm2s.stacks import PlaneKey, StackError, StackMetadata
+
+__all__ = [
+    "OmeZarrWriter",
+    "OutputExistsError",
+    "check_output_path",
+    "level_shapes",
+    "open_ome_zarr",
+    "write_ome_zarr",
+]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_COLORS = ("00FF00", "FF00FF", "00FFFF", "FF0000", "0000FF", "FFFF00")
+
+
+class OutputExistsError(StackError, FileExistsError):
+    """The output store exists and ``overwrite`` is False."""
+
+
+def check_output_path(
+    output: str | Path, *, input_path: str | Path | None = None, overwrite: bool = False
+) -> Path:
+    """Refuse an output that exists (unless `overwrite`) or that lies inside the input.
+
+    Also refuses ``overwrite=True`` when the input lies inside the output, which
+    replacing the output would delete. Returns the output as a ``Path``.
+    """
+    output = Path(output)
+    out = output.resolve()
+    if input_path is not None:
+        inp = Path(input_path).resolve()
+        if out == inp or inp in out.parents:
+            msg = f"{output}: output lies inside the input {input_path}; write it elsewhere"
+            raise StackError(msg)
+        if out in inp.parents:
+            msg = f"{output}: output contains the input {input_path}; write it elsewhere"
+            raise StackError(msg)
+    if (output.exists() or output.is_symlink()) and not overwrite:
+        msg = f"{output}: output exists; pass overwrite=True to replace it"
+        raise OutputExistsError(msg)
+    return output
+
+
+def level_shapes(shape: tuple[int, ...], levels: int) -> list[tuple[int, ...]]:
+    """Shapes of the pyramid levels: y and x halved (floor, at least 1) per level.
+
+    Examples
+    --------
+    >>> level_shapes((1, 1, 3, 100, 75), 3)
+    [(1, 1, 3, 100, 75), (1, 1, 3, 50, 37), (1, 1, 3, 25, 18)]
+    """
+    out = [tuple(shape)]
+    for _ in range(1, levels):
+        *rest, y, x = out[-1]
+        out.append((*rest, max(1, y // 2), max(1, x // 2)))
+    return out
+
+
+def _downsample(plane: np.ndarray) -> np.ndarray:
+    """2x2 block mean of a plane (odd edges cropped), rounded back to its dtype."""
+    fy, fx = (2 if n > 1 else 1 for n in plane.shape)
+    ny, nx = plane.shape[0] // fy, plane.shape[1] // fx
+    small = plane.dtype.itemsize <= 2 or plane.dtype == np.float32
+    work = plane[: ny * fy, : nx * fx].astype(np.float32 if small else np.float64)
+    mean = work.reshape(ny, fy, nx, fx).mean(axis=(1, 3))
+    if plane.dtype == bool:
+        return mean >= 0.5
+    if np.issubdtype(plane.dtype, np.integer):
+        info = np.iinfo(plane.dtype)
+        return np.clip(np.rint(mean), info.min, info.max).astype(plane.dtype)
+    return mean.astype(plane.dtype)
+
+
+class OmeZarrWriter:
+    """Build an OME-Zarr image plane by plane under a temporary name.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final store path, e.g. ``"out.ome.zarr"``.
+    shape : tuple of 5 ints
+        ``(t, c, z, y, x)`` shape of the full-resolution image.
+    dtype : dtype
+        Data type of every level (planes must have it).
+    metadata : StackMetadata, optional
+        Input metadata: pixel sizes, units, time step, channel names and colours.
+        If it names a path, the output may not lie inside it.
+    levels : int, optional
+        Number of pyramid levels, including full resolution.
+    ngff_version : {"0.4", "0.5"}, optional
+        NGFF 0.4 (Zarr v2) or 0.5 (Zarr v3).
+    overwrite : bool, optional
+        Replace an existing store (only once the new one is complete).
+    tile : int, optional
+        Largest chunk side in y and x; planes up to this size are one chunk.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "image.ome.zarr"
+    >>> with OmeZarrWriter(out, shape=(1, 1, 2, 32, 32), dtype="uint16") as writer:
+    ...     for key in writer.plane_keys():
+    ...         writer.write_plane(key, np.zeros((32, 32), np.uint16))
+    ...     _ = writer.commit()
+    >>> open_ome_zarr(out)[0][1].shape
+    (1, 1, 2, 16, 16)
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        shape: tuple[int, ...],
+        dtype: Any,
+        metadata: StackMetadata | None = None,
+        levels: int = 3,
+        ngff_version: Literal["0.4", "0.5"] = "0.4",
+        overwrite: bool = False,
+        tile: int = 2048,
+    ) -> None:
+        if ngff_version not in ("0.4", "0.5"):
+            msg = f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}"
+            raise ValueError(msg)
+        if not isinstance(levels, int) or levels < 1:
+            msg = f"levels must be an int >= 1, got {levels!r}"
+            raise ValueError(msg)
+        if len(shape) != 5 or min(shape) < 1:
+            msg = f"shape must be 5D (t, c, z, y, x) with sizes >= 1, got {tuple(shape)}"
+            raise ValueError(msg)
+        if not isinstance(tile, int) or tile < 16:
+            msg = f"tile must be an int >= 16, got {tile!r}"
+            raise ValueError(msg)
+        self.path = check_output_path(
+            path, input_path=metadata.path if metadata else None, overwrite=overwrite
+        )
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.metadata = metadata
+        self.levels, self.ngff_version = levels, ngff_version
+        self.overwrite, self.tile = overwrite, tile
+        self.tmp_path: Path | None = None
+        self._arrays: list[zarr.Array] = []
+        self._written: set[PlaneKey] = set()
+        self._ranges: dict[int, list[float]] = {}
+        self._committed = False
+
+    def plane_keys(self) -> list[PlaneKey]:
+        """All plane keys in ``(t, c, z)`` order."""
+        return [PlaneKey(*k) for k in itertools.product(*(range(n) for n in self.shape[:3]))]
+
+    def __enter__(self) -> OmeZarrWriter:
+        self.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._committed:
+            self.abort()
+
+    def open(self) -> None:
+        """Create the temporary store with its arrays and NGFF metadata."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        name = f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp_path = self.path.parent / name
+        try:
+            self._create()
+        except BaseException:
+            self.abort()
+            raise
+        logger.debug("building %s in %s", self.path, self.tmp_path)
+
+    def _create(self) -> None:
+        fmt = FormatV04() if self.ngff_version == "0.4" else FormatV05()
+        group = zarr.open_group(str(self.tmp_path), mode="w-", zarr_format=fmt.zarr_format)
+        self._group = group
+        datasets = []
+        for k, shape in enumerate(level_shapes(self.shape, self.levels)):
+            chunks = (1, 1, 1, min(shape[3], self.tile), min(shape[4], self.tile))
+            options: dict[str, Any] = {"dimension_names": list("tczyx")}
+            if fmt.zarr_format == 2:
+                options = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+            self._arrays.append(
+                group.create_array(
+                    str(k),
+                    shape=shape,
+                    chunks=chunks,
+                    dtype=self.dtype,
+                    fill_value=0,
+                    config={"write_empty_chunks": True},
+                    **options,
+                )
+            )
+            scale = [*self._scale()[:3], *(s * 2**k for s in self._scale()[3:])]
+            datasets.append(
+                {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+            )
+        name = Path(self.metadata.path).name if self.metadata else self.path.name
+        write_multiscales_metadata(group, datasets, fmt=fmt, axes=self._axes(), name=name)
+
+    def _scale(self) -> list[float]:
+        meta = self.metadata
+        sizes = meta.pixel_sizes if meta else {}
+        t = meta.time_step if meta and meta.time_step else 1.0
+        return [float(t), 1.0, *(float(sizes.get(a) or 1.0) for a in "zyx")]
+
+    def _axes(self) -> list[dict[str, str]]:
+        meta = self.metadata
+        axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}]
+        axes += [{"name": a, "type": "space"} for a in "zyx"]
+        if meta is None:
+            return axes
+        if meta.time_step and normalize_unit(meta.time_unit, time=True) in KNOWN_TEMPORAL_UNITS:
+            axes[0]["unit"] = normalize_unit(meta.time_unit, time=True)
+        for ax in axes[2:]:
+            unit = normalize_unit((meta.units or {}).get(ax["name"]))
+            if (meta.pixel_sizes or {}).get(ax["name"]) and unit in KNOWN_SPATIAL_UNITS:
+                ax["unit"] = unit
+        return axes
+
+    def write_plane(self, key: tuple[int, int, int], plane: np.ndarray) -> None:
+        """Write one ``(y, x)`` plane at every pyramid level."""
+        if not self._arrays:
+            msg = "the writer is not open; use it as a context manager"
+            raise RuntimeError(msg)
+        key = PlaneKey(*key)
+        plane = np.asarray(plane)
+        if plane.shape != self.shape[3:] or plane.dtype != self.dtype:
+            msg = (
+                f"{self.path}: plane {key.label} is {plane.shape} {plane.dtype}, "
+                f"expected {self.shape[3:]} {self.dtype}"
+            )
+            raise ValueError(msg)
+        for k, array in enumerate(self._arrays):
+            if k:
+                plane = _downsample(plane)
+            array[key.t, key.c, key.z] = plane
+            if k == 0:
+                self._update_range(key.c, plane)
+        self._written.add(key)
+
+    def _update_range(self, c: int, plane: np.ndarray) -> None:
+        """Track each channel's finite value range, for the omero display window."""
+        values = plane[np.isfinite(plane)] if plane.dtype.kind == "f" else plane
+        if values.size:
+            lo, hi = float(values.min()), float(values.max())
+            old = self._ranges.get(c, [lo, hi])
+            self._ranges[c] = [min(old[0], lo), max(old[1], hi)]
+
+    def _omero(self) -> dict:
+        meta, n = self.metadata, self.shape[1]
+        names = (meta.channel_names if meta else None) or [f"Channel {i}" for i in range(n)]
+        colors = (meta.channel_colors if meta else None) or (
+            ["FFFFFF"] if n == 1 else list(itertools.islice(itertools.cycle(_DEFAULT_COLORS), n))
+        )
+        channels = []
+        for i in range(n):
+            start, end = self._ranges.get(i, [0.0, 1.0])
+            lo, hi = start, end
+            if self.dtype.kind in "ui":
+                lo, hi = float(np.iinfo(self.dtype).min), float(np.iinfo(self.dtype).max)
+            channels.append({
+                "label": str(names[i]), "color": colors[i] or "FFFFFF", "active": True,
+                "coefficient": 1.0, "family": "linear", "inverted": False,
+                "window": {"min": lo, "max": hi, "start": start, "end": end},
+            })  # fmt: skip
+        rdefs = {"defaultT": 0, "defaultZ": self.shape[2] // 2}
+        rdefs["model"] = "color" if n > 1 else "greyscale"
+        omero = {"name": self.path.name, "channels": channels, "rdefs": rdefs}
+        if self.ngff_version == "0.4":
+            omero["version"] = "0.4"
+        return omero
+
+    def commit(self, provenance: Mapping[str, Any] | None = None) -> Path:
+        """Check every plane was written, add metadata, and rename into place."""
+        missing = len(self.plane_keys()) - len(self._written)
+        if missing:
+            msg = f"{self.path}: {missing} of {len(self.plane_keys())} planes were not written"
+            raise RuntimeError(msg)
+        fmt = FormatV04() if self.ngff_version == "0.4" else FormatV05()
+        add_metadata(self._group, {"omero": self._omero()}, fmt=fmt)
+        if provenance is not None:
+            json.dumps(provenance, allow_nan=False)  # fail here, not in a reader
+            self._group.attrs[PROVENANCE_KEY] = dict(provenance)
+        _swap_into_place(self.tmp_path, self.path, overwrite=self.overwrite)
+        self._committed = True
+        logger.info("wrote %s (NGFF %s, %d levels)", self.path, self.ngff_version, self.levels)
+        return self.path
+
+    def abort(self) -> None:
+        """Delete the temporary store; the final path is left untouched."""
+        if self.tmp_path is not None and self.tmp_path.exists():
+            shutil.rmtree(self.tmp_path, ignore_errors=True)
+            logger.debug("removed incomplete %s", self.tmp_path)
+
+
+def _swap_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
+    if not (final.exists() or final.is_symlink()):
+        os.rename(tmp, final)
+        return
+    if not overwrite:
+        msg = f"{final}: output appeared while writing; pass overwrite=True to replace it"
+        raise OutputExistsError(msg)
+    aside = final.parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(final, aside)
+    try:
+        os.rename(tmp, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside)
+    else:
+        aside.unlink()
+
+
+def write_ome_zarr(
+    path: str | Path,
+    data: da.Array | np.ndarray,
+    metadata: StackMetadata | None = None,
+    *,
+    levels: int = 3,
+    ngff_version: Literal["0.4", "0.5"] = "0.4",
+    provenance: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    tile: int = 2048,
+) -> Path:
+    """Write a lazy 5D ``(t, c, z, y, x)`` array to OME-Zarr, one plane at a time.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output store; built under a temporary sibling name and renamed when complete.
+    data : dask.array.Array or ndarray, shape (T, C, Z, Y, X)
+        Computed one plane at a time (e.g. ``da.stack`` of delayed per-plane
+        results), so only a plane and its pyramid are in memory at once.
+    metadata : StackMetadata, optional
+        Input metadata (pixel sizes, units, channel names and colours).
+    levels, ngff_version, overwrite, tile
+        See :class:`OmeZarrWriter`.
+    provenance : mapping, optional
+        JSON-able dict stored in the group attributes under ``"fm2s"``.
+
+    Returns
+    -------
+    path : Path
+        The final store path.
+    """
+    if data.ndim != 5:
+        msg = f"data must be 5D (t, c, z, y, x), got shape {data.shape}"
+        raise ValueError(msg)
+    writer = OmeZarrWriter(
+        path, shape=data.shape, dtype=data.dtype, metadata=metadata, levels=levels,
+        ngff_version=ngff_version, overwrite=overwrite, tile=tile,
+    )  # fmt: skip
+    with writer:
+        for key in writer.plane_keys():
+            plane = data[key]
+            writer.write_plane(key, plane.compute() if isinstance(plane, da.Array) else plane)
+        return writer.commit(provenance)
+
+
+def open_ome_zarr(path: str | Path, *, series: int = 0) -> tuple[list[da.Array], dict]:
+    """Open every level of an OME-Zarr image as dask arrays, with its attributes.
+
+    Returns ``(levels, attrs)``: the arrays in multiscales order, and a dict with
+    ``"multiscales"`` (the image's entry), ``"omero"``, ``"version"`` and the
+    fm2s provenance under ``"fm2s"`` (``None`` where absent).
+    """
+    group, ms, version, attrs, _ = open_ngff_group(Path(path), series)
+    levels = [da.from_zarr(group[d["path"]]) for d in ms["datasets"]]
+    extra = {"omero": attrs.get("omero"), PROVENANCE_KEY: group.attrs.get(PROVENANCE_KEY)}
+    return levels, {"multiscales": ms, "version": version, **extra}

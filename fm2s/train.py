@@ -1,0 +1,183 @@
+"""Training FM2S networks, and applying them.
+
+One call trains one independent network per plane. Planes trained together share a grouped
+convolution (one forward pass for all), never a weight; every random draw of a plane (weights,
+crop positions, noise) comes from that plane's own generators, and each plane's loss is reduced
+on its own, so a plane's network does not depend on its companions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import FM2SNet
+from .noise import synthesize
+from .settings import Settings
+
+__all__ = ["PlaneData", "fit", "learning_rate", "predict", "extract_model"]
+
+
+@dataclass
+class PlaneData:
+    """What training needs of one plane, on the [0, 1] scale, as (Y, X) float32 tensors."""
+
+    noisy: torch.Tensor  # the real plane x
+    target: torch.Tensor  # median-filtered plane c
+    means: torch.Tensor  # region means M, per pixel
+    init_generator: torch.Generator  # CPU: weights and crop positions
+    noise_generator: torch.Generator  # on the training device: noise draws
+
+
+def learning_rate(settings: Settings, step: int) -> float:
+    """Learning rate at synthetic-sample step ``step`` (0-based, warm-up steps excluded)."""
+    lr = settings.lr
+    if settings.lr_schedule == "step":
+        return lr * settings.lr_gamma ** sum(step >= m for m in settings.lr_milestones)
+    if settings.lr_schedule == "onecycle":
+        total = settings.total_steps
+        ramp = max(1, total // 10)
+        if step < ramp:
+            return lr * (0.1 + 0.9 * step / ramp)
+        progress = (step - ramp) / max(1, total - ramp)
+        return lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return lr
+
+
+def _crop_shape(settings: Settings, shape: tuple[int, int]) -> tuple[int, int]:
+    if settings.crop_size == 0:
+        return shape
+    return min(settings.crop_size, shape[0]), min(settings.crop_size, shape[1])
+
+
+def group_key(settings: Settings, shape: tuple[int, int]) -> tuple[int, int]:
+    """Planes with equal keys can be trained together (their batches have equal shapes)."""
+    return _crop_shape(settings, shape)
+
+
+def _draw_batch(plane: PlaneData, settings: Settings, crop: tuple[int, int]):
+    """Crops of (target, means) for one step, each repeated into the n channels."""
+    n, batch = settings.channels, settings.batch_size
+    height, width = plane.target.shape
+    if crop == (height, width):
+        target, means = plane.target[None, None], plane.means[None, None]
+    else:
+        tops = torch.randint(0, height - crop[0] + 1, (batch,), generator=plane.init_generator)
+        lefts = torch.randint(0, width - crop[1] + 1, (batch,), generator=plane.init_generator)
+        windows = [(slice(t, t + crop[0]), slice(s, s + crop[1]))
+                   for t, s in zip(tops.tolist(), lefts.tolist(), strict=True)]
+        target = torch.stack([plane.target[w] for w in windows])[:, None]  # (B, 1, h, w)
+        means = torch.stack([plane.means[w] for w in windows])[:, None]
+    target = target.expand(-1, n, -1, -1).contiguous()  # (B, n, h, w)
+    return target, means
+
+
+def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM2SNet:
+    """Train one FM2S network per plane, all planes in one grouped forward pass.
+
+    Parameters
+    ----------
+    planes : list of PlaneData
+        Planes whose batches have equal shapes (equal :func:`group_key`).
+    settings : Settings
+    device : torch.device
+
+    Returns
+    -------
+    FM2SNet
+        ``models == len(planes)``; use :func:`extract_model` to get plane ``g``'s network.
+    """
+    n, count = settings.channels, len(planes)
+    crop = _crop_shape(settings, tuple(planes[0].target.shape))
+    net = FM2SNet(n, settings.kernel_size, models=count)
+    net.reset_parameters([p.init_generator for p in planes])
+    net = net.to(device=device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    mixed = settings.precision == "bfloat16"
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor, lr: float):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
+            output = net(inputs.contiguous(memory_format=torch.channels_last)).float()
+        # One mean per plane, then their sum: plane g's gradient is that of its own loss.
+        error = (output - targets).square().unflatten(1, (count, n))  # (B, G, n, h, w)
+        error.mean(dim=(0, 2, 3, 4)).sum().backward()
+        optimizer.step()
+
+    if settings.warmup_steps:
+        # v2's stage 1: a few steps from the real noisy plane to its median.
+        inputs = torch.cat([p.noisy[None, None].expand(-1, n, -1, -1) for p in planes], 1)
+        targets = torch.cat([p.target[None, None].expand(-1, n, -1, -1) for p in planes], 1)
+        for _ in range(settings.warmup_steps):
+            step(inputs, targets, settings.lr)
+
+    index = 0
+    for _ in range(settings.samples):
+        batches = [_draw_batch(p, settings, crop) for p in planes]
+        targets = torch.cat([t for t, _ in batches], 1).to(device)
+        noisy = [
+            synthesize(t.to(device), m.to(device), k_g=settings.k_g, k_p=settings.k_p,
+                       lam_p=settings.lam_p, generator=p.noise_generator)
+            for (t, m), p in zip(batches, planes, strict=True)
+        ]
+        inputs = torch.cat(noisy, 1)
+        for _ in range(settings.steps_per_sample):
+            step(inputs, targets, learning_rate(settings, index))
+            index += 1
+    return net
+
+
+def extract_model(net: FM2SNet, index: int) -> FM2SNet:
+    """Network ``index`` of a grouped :class:`FM2SNet`, as a stand-alone single model."""
+    single = FM2SNet(net.channels, net.kernel_size, models=1)
+    with torch.no_grad():
+        for name in ("head", "body", "tail"):
+            source, dest = getattr(net, name), getattr(single, name)
+            rows = dest.out_channels
+            dest.weight.copy_(source.weight[index * rows:(index + 1) * rows])
+            dest.bias.copy_(source.bias[index * rows:(index + 1) * rows])
+    return single.to(net.head.weight.device)
+
+
+@torch.no_grad()
+def predict(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int = 512) -> np.ndarray:
+    """Apply a single-model network to a plane: mean over the n outputs, clamped to [0, 1].
+
+    Large planes are processed in ``tile`` x ``tile`` pieces with a margin of the network's
+    receptive radius, which gives exactly the full-frame result at a fraction of the memory.
+
+    Parameters
+    ----------
+    net : FM2SNet
+        A single model (``models == 1``).
+    noisy : ndarray (Y, X) of float32
+        The real plane on the [0, 1] scale.
+    device : torch.device
+    tile : int
+        Output tile side in pixels.
+
+    Returns
+    -------
+    ndarray (Y, X) of float32
+    """
+    net = net.to(device=device, memory_format=torch.channels_last).eval()
+    n, margin = net.channels, net.receptive_radius
+    height, width = noisy.shape
+    source = torch.from_numpy(noisy)
+    result = np.empty((height, width), dtype=np.float32)
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            y0, x0 = max(0, top - margin), max(0, left - margin)
+            y1, x1 = min(height, bottom + margin), min(width, right + margin)
+            window = source[y0:y1, x0:x1].to(device)[None, None].expand(-1, n, -1, -1)
+            output = net(window.contiguous(memory_format=torch.channels_last))
+            output = output.clamp_(0.0, 1.0).mean(dim=1)[0]
+            result[top:bottom, left:right] = output[top - y0:bottom - y0,
+                                                    left - x0:right - x0].cpu().numpy()
+    return result

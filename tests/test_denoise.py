@@ -1,0 +1,148 @@
+import numpy as np
+import pytest
+
+import fm2s
+from fm2s.denoise import denoise_planes, iter_denoise_planes, plane_seed, resolve_device
+from fm2s.settings import make_settings
+
+
+def run(image, settings, **kwargs):
+    return fm2s.denoise(image, settings=settings, device="cpu", **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.float32,
+                                   np.float64])
+def test_dtype_and_shape_round_trip(plane8, tiny_settings, dtype):
+    image = (plane8.astype(np.float64) / 255).astype(dtype) if np.dtype(dtype).kind == "f" \
+        else plane8.astype(dtype)
+    before = image.copy()
+    out = run(image, tiny_settings)
+    assert out.dtype == image.dtype and out.shape == image.shape
+    np.testing.assert_array_equal(image, before)  # input untouched
+    assert np.isfinite(out.astype(np.float64)).all()
+
+
+def test_denoising_reduces_error_on_synthetic_plane():
+    from fm2s.synthetic import clean_plane, noisy_plane
+
+    clean = clean_plane((64, 64), seed=1)
+    noisy = noisy_plane(clean, photons=20, seed=2)
+    out = fm2s.denoise(noisy, steps=60, crop_size=48, device="cpu")
+    truth = clean * 255
+    assert np.abs(out - truth).mean() < 0.7 * np.abs(noisy - truth).mean()
+
+
+def test_same_seed_same_output_and_seed_matters(plane8, tiny_settings):
+    first = run(plane8, tiny_settings, seed=5)
+    np.testing.assert_array_equal(first, run(plane8, tiny_settings, seed=5))
+    assert not np.array_equal(first, run(plane8, tiny_settings, seed=6))
+
+
+def test_batching_and_order_do_not_change_results(plane8, tiny_settings):
+    others = [np.roll(plane8, s, axis=1) for s in (3, 7)]
+    alone = run(plane8, tiny_settings, seed=1)
+    forward = denoise_planes([others[0], plane8, others[1]], tiny_settings, seed=1, device="cpu")
+    backward = denoise_planes(np.stack([others[1], plane8, others[0]]), tiny_settings, seed=1,
+                              device="cpu")
+    np.testing.assert_array_equal(forward[1], alone)
+    np.testing.assert_array_equal(backward[1], alone)
+    np.testing.assert_array_equal(forward[0], backward[2])
+
+
+def test_explicit_keys_define_the_seeds(plane8, tiny_settings):
+    results = list(iter_denoise_planes([plane8, plane8], tiny_settings, seed=3,
+                                       keys=[(0, 0, 0), (0, 0, 1)], device="cpu"))
+    assert [r.seed for r in results] == [plane_seed(3, (0, 0, 0)), plane_seed(3, (0, 0, 1))]
+    assert not np.array_equal(results[0].image, results[1].image)
+    assert all(r.seconds > 0 for r in results)
+
+
+def test_uint16_times_257_matches_uint8_times_257(plane8, tiny_settings):
+    out8 = run(plane8, tiny_settings, seed=2).astype(np.int64)
+    out16 = run(plane8.astype(np.uint16) * 257, tiny_settings, seed=2).astype(np.int64)
+    assert np.abs(out16 - out8 * 257).max() <= 129  # half an 8-bit step, plus rounding
+
+
+def test_data_range_rescales_like_the_data(plane8, tiny_settings):
+    twelve_bit = plane8.astype(np.uint16) * 16  # 12-bit data in a 16-bit container
+    out = run(twelve_bit, tiny_settings, seed=2, data_range=255 * 16).astype(np.int64)
+    out8 = run(plane8, tiny_settings, seed=2).astype(np.int64)
+    assert np.abs(out - out8 * 16).max() <= 9
+
+
+def test_channels_are_denoised_separately(plane8, tiny_settings):
+    rgb = np.stack([plane8, np.flipud(plane8), plane8], axis=-1)
+    out = run(rgb, tiny_settings, channel_axis=-1, seed=1)
+    assert out.shape == rgb.shape
+    np.testing.assert_array_equal(out[..., 0], run(plane8, tiny_settings, seed=1))
+    np.testing.assert_array_equal(out[..., 0], out[..., 2])
+    first_axis = run(np.moveaxis(rgb, -1, 0), tiny_settings, channel_axis=0, seed=1)
+    np.testing.assert_array_equal(np.moveaxis(first_axis, 0, -1), out)
+
+
+@pytest.mark.parametrize("value", [0, 7])
+def test_constant_plane_is_its_own_result(tiny_settings, value):
+    plane = np.full((32, 32), value, dtype=np.uint16)
+    np.testing.assert_array_equal(run(plane, tiny_settings), plane)
+
+
+def test_planes_smaller_than_a_region_are_one_region(plane8, tiny_settings):
+    out = run(plane8[:20, :20], tiny_settings)  # region_size is 75
+    assert out.shape == (20, 20)
+
+
+@pytest.mark.parametrize("recipe", ["v1", "v2"])
+def test_faithful_recipes_run(plane8, recipe):
+    out = fm2s.denoise(plane8, preset="confocal", recipe=recipe, samples=2, steps_per_sample=2,
+                       device="cpu")
+    assert out.shape == plane8.shape and out.dtype == np.uint8
+
+
+def test_bfloat16_training_runs(plane8):
+    out = fm2s.denoise(plane8, steps=4, crop_size=24, precision="bfloat16", device="cpu")
+    assert out.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "message"),
+    [
+        (np.zeros((0, 10), np.uint8), {}, "empty plane"),
+        (np.zeros((5, 5), np.uint8) + 1, {}, "smaller than the network's receptive field"),
+        (np.zeros((3, 32, 32), np.uint8), {}, "expected a 2D plane"),
+        (np.zeros((32,), np.uint8), {}, "expected a 2D plane"),
+        (np.full((32, 32), np.nan, np.float32), {}, "NaN or infinite"),
+        (np.full((32, 32), np.inf, np.float64), {}, "NaN or infinite"),
+        (np.full((32, 32), -1.0, np.float32), {}, "negative values"),
+        (np.zeros((32, 32), bool), {}, "unsupported dtype bool"),
+        (np.zeros((32, 32), np.complex64), {}, "unsupported dtype complex64"),
+        (np.zeros((32, 32), object), {}, "unsupported dtype object"),
+        (np.zeros((32, 32), np.uint8), {"preset": "nope"}, "unknown preset 'nope'"),
+        (np.zeros((32, 32), np.uint8), {"recipe": "v9"}, "unknown recipe 'v9'"),
+        (np.zeros((32, 32), np.uint8), {"kgg": 1}, "unknown setting 'kgg'"),
+        (np.zeros((32, 32), np.uint8), {"device": "tpu"}, "device"),
+        (np.zeros((32, 32), np.uint8), {"data_range": 0}, "data_range"),
+        (np.zeros((32, 32, 3), np.uint8), {"channel_axis": 0, "steps": 1}, None),
+    ],
+)
+def test_bad_input_raises_value_error(image, kwargs, message):
+    if message is None:  # a 32 x 32 x 3 image with channel_axis=0 gives 3-pixel-wide planes
+        message = "smaller than the network's receptive field"
+    with pytest.raises(ValueError, match=message):
+        fm2s.denoise(image, **{"device": "cpu", **kwargs})
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="unknown device|unsupported device|CUDA"):
+        resolve_device("gpu0")
+
+
+def test_settings_and_overrides_are_exclusive(plane8):
+    with pytest.raises(ValueError, match="either settings or overrides"):
+        fm2s.denoise(plane8, settings=make_settings(), k_g=3)
+
+
+def test_more_keys_than_planes_is_an_error(plane8, tiny_settings):
+    with pytest.raises(ValueError, match="more keys than planes"):
+        denoise_planes([plane8], tiny_settings, keys=[1, 2], device="cpu")

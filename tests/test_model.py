@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+import torch
+
+from fm2s.model import FM2SNet, count_parameters
+from fm2s.train import extract_model, predict
+
+
+@pytest.mark.parametrize(("channels", "kernel", "count"),
+                         [(2, 3, 3278), (1, 5, 3529), (2, 5, 4430)])
+def test_parameter_counts_match_the_papers(channels, kernel, count):
+    assert count_parameters(FM2SNet(channels, kernel)) == count
+
+
+def test_grouped_models_are_independent_copies():
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    grouped = FM2SNet(2, 5, models=3)
+    grouped.reset_parameters(gens)
+    assert count_parameters(grouped) == 3 * 4430
+    alone = FM2SNet(2, 5)
+    alone.reset_parameters([torch.Generator().manual_seed(2)])
+    second = extract_model(grouped, 1)
+    for a, b in zip(alone.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)
+    x = torch.rand(1, 6, 20, 20)
+    with torch.no_grad():
+        np.testing.assert_allclose(grouped(x)[:, 2:4], second(x[:, 2:4]), rtol=1e-5, atol=1e-6)
+
+
+def test_tiled_prediction_equals_full_frame():
+    net = FM2SNet(2, 5)
+    net.reset_parameters([torch.Generator().manual_seed(0)])
+    plane = np.random.default_rng(0).random((70, 53), dtype=np.float32)
+    full = predict(net, plane, torch.device("cpu"), tile=512)
+    tiled = predict(net, plane, torch.device("cpu"), tile=16)
+    np.testing.assert_allclose(tiled, full, atol=1e-6)
+    assert full.min() >= 0 and full.max() <= 1

@@ -1,0 +1,54 @@
+import numpy as np
+import torch
+
+from fm2s.noise import median_target, region_means, synthesize
+
+
+def test_region_means_ignore_padding_in_edge_tiles():
+    plane = np.full((10, 7), 0.5, dtype=np.float32)
+    means = region_means(plane, 4, (1e-5, 1.0))
+    # 10 x 7 in 4 x 4 tiles: the edge tiles are 2 or 3 pixels wide; padding must not darken them.
+    np.testing.assert_allclose(means, 0.5, rtol=1e-6)
+    assert means.shape == plane.shape
+
+
+def test_region_means_are_tile_means_and_clamped():
+    plane = np.zeros((8, 8), dtype=np.float32)
+    plane[:4, :4] = 0.8
+    plane[4:, 4:] = np.arange(16, dtype=np.float32).reshape(4, 4) / 100
+    means = region_means(plane, 4, (0.01, 0.5))
+    assert means[0, 0] == np.float32(0.5)  # 0.8 clamped
+    assert means[0, 7] == np.float32(0.01)  # 0.0 clamped
+    np.testing.assert_allclose(means[7, 7], np.mean(np.arange(16) / 100), rtol=1e-6)
+
+
+def test_median_target_is_a_reflected_median():
+    plane = np.zeros((9, 9), dtype=np.float32)
+    plane[4, 4] = 1.0
+    assert median_target(plane, 3).max() == 0.0  # a lone hot pixel disappears
+
+
+def test_synthesis_statistics_follow_the_formulas():
+    """Per tile: mean c and variance c M / k_p + (k_g M / 255)^2 + c / lam_p (no clamping)."""
+    c_low, c_high, size = 0.25, 0.6, 64
+    target = np.full((size, 2 * size), c_low, dtype=np.float32)
+    target[:, size:] = c_high
+    means = region_means(target, size, (1e-5, 1.0))
+    k_g, k_p, lam_p = 20.0, 50.0, 400.0
+    t = torch.from_numpy(target)[None].expand(64, -1, -1).contiguous()  # 64 draws
+    m = torch.from_numpy(means)
+    gen = torch.Generator().manual_seed(0)
+    noisy = synthesize(t, m, k_g=k_g, k_p=k_p, lam_p=lam_p, generator=gen).numpy()
+    for c, tile in ((c_low, noisy[..., :size]), (c_high, noisy[..., size:])):
+        expected = c * c / k_p + (k_g * c / 255) ** 2 + c / lam_p
+        assert abs(tile.mean() - c) < 0.002
+        assert abs(tile.var() / expected - 1) < 0.03, (c, tile.var(), expected)
+
+
+def test_synthesis_is_reproducible_and_in_range():
+    target = torch.rand(2, 32, 32)
+    means = torch.full((32, 32), 0.1)
+    draws = [synthesize(target, means, k_g=200, k_p=30, lam_p=70,
+                        generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    assert draws[0].min() >= 0 and draws[0].max() <= 1

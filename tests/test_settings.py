@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from fm2s.settings import PRESETS, RECIPES, Settings, make_settings
+
+
+def test_presets_match_reference_table():
+    assert PRESETS["confocal"] == dict(channels=2, region_size=75, median_size=3, k_g=200.0,
+                                       k_p=30.0, lam_p=70.0)
+    assert PRESETS["widefield"]["median_size"] == 11
+    assert PRESETS["widefield"]["lam_p"] == 2000.0
+    assert PRESETS["base"]["channels"] == 6 and PRESETS["base"]["region_size"] == 5
+    assert PRESETS["v1"]["lam_p"] == 60.0
+
+
+def test_recipes_reproduce_published_schedules():
+    v1, v2 = make_settings("v1", "v1"), make_settings("confocal", "v2")
+    assert v1.total_steps == 3750 and v1.lr_milestones == (1500, 3000) and v1.lr_gamma == 0.25
+    assert v1.kernel_size == 3 and v1.mean_clamp == (0.01, 0.20)
+    assert v2.warmup_steps == 5 and v2.samples == 450 and v2.steps_per_sample == 5
+    assert v2.warmup_steps + v2.total_steps == 2255
+    assert v2.kernel_size == 5 and v2.mean_clamp == (1e-5, 0.15)
+    assert v2.crop_size == 0 and v2.batch_size == 1 and v2.precision == "float32"
+
+
+def test_round_trip_dict_and_json():
+    settings = make_settings("twophoton", "fast", k_g=150, steps=40)
+    assert Settings.from_dict(settings.to_dict()) == settings
+    assert Settings.from_json(settings.to_json()) == settings
+    assert json.loads(settings.to_json())["k_g"] == 150
+    assert settings.digest() == Settings.from_json(settings.to_json()).digest()
+    assert settings.digest() != settings.replace(k_g=151).digest()
+
+
+def test_steps_override_sets_samples():
+    settings = make_settings(steps=25)
+    assert settings.samples == 25 and settings.steps_per_sample == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: make_settings("confocl"), "unknown preset 'confocl'"),
+        (lambda: make_settings(recipe="v3"), "unknown recipe 'v3'"),
+        (lambda: make_settings(kg=1), "unknown setting 'kg'"),
+        (lambda: make_settings(median_size=4), "must be odd"),
+        (lambda: make_settings(channels=0), "channels must be an integer >= 1"),
+        (lambda: make_settings(lam_p=0), "must be > 0"),
+        (lambda: make_settings(mean_clamp=(0, 1)), "mean_clamp"),
+        (lambda: make_settings(lr_schedule="cosine"), "unknown lr_schedule"),
+        (lambda: make_settings(precision="float16"), "unknown precision"),
+        (lambda: make_settings(steps=0), "steps must be"),
+        (lambda: Settings.from_dict({"bogus": 1}), "unknown keys 'bogus'"),
+    ],
+)
+def test_invalid_settings_raise(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_every_preset_and_recipe_combination_is_valid():
+    for preset in PRESETS:
+        for recipe in RECIPES:
+            assert make_settings(preset, recipe).preset == preset
