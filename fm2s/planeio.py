@@ -54,12 +54,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         msg = f"{path}: no such file"
         raise FileNotFoundError(msg)
     try:
-        if suffix == ".png":
-            return np.asarray(iio.imread(path))
-        return np.asarray(tifffile.imread(path))
+        image = np.asarray(iio.imread(path) if suffix == ".png" else tifffile.imread(path))
     except Exception as error:  # every reader has its own exception types
         msg = f"{path}: cannot read image ({type(error).__name__}: {error})"
         raise ImageFileError(msg) from error
+    if image.ndim < 2 or image.size == 0:  # tifffile returns an empty array for some damage
+        msg = f"{path}: cannot read image (no pixel data: corrupt or truncated file)"
+        raise ImageFileError(msg)
+    return image
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False) -> Path:
@@ -82,7 +84,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
         if suffix == ".png":
             iio.imwrite(temp, image, extension=".png")
         else:
-            tifffile.imwrite(temp, image, photometric="minisblack" if image.ndim == 2 else None)
+            rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
+            tifffile.imwrite(temp, image, photometric="rgb" if rgb else "minisblack")
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -52,7 +52,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": dict(
         kernel_size=5, mean_clamp=(1e-5, 0.15), warmup_steps=0, samples=300, steps_per_sample=1,
         lr=4e-3, lr_schedule="onecycle", lr_milestones=(), lr_gamma=1.0,
-        crop_size=96, batch_size=8, precision="float32",
+        crop_size=96, batch_size=8, precision="float32", crop_context=True,
     ),
 }
 
@@ -104,6 +104,10 @@ class Settings:
         Side of the random square crops trained on; 0 trains on the full frame.
     batch_size : int
         Crops per optimiser step (1 with full frames).
+    crop_context : bool
+        Train each crop inside a window with the network's receptive radius of real context
+        around it (zeros beyond the plane's edge) and score only the crop, so that crop edges
+        do not teach the network a border that is not there.
     precision : {'float32', 'bfloat16'}
         Arithmetic of the training forward pass (bfloat16: autocast mixed precision, about 2x
         faster on CPUs with AVX512-BF16 and on GPUs; inference always runs in float32).
@@ -129,6 +133,7 @@ class Settings:
     crop_size: int = 96
     batch_size: int = 8
     precision: str = "float32"
+    crop_context: bool = False
 
     def __post_init__(self):
         # Normalise sequences read back from JSON to tuples, so equality and hashing hold.
@@ -169,6 +174,9 @@ class Settings:
         if self.lr_schedule not in _LR_SCHEDULES:
             msg = (f"settings: unknown lr_schedule {self.lr_schedule!r}; expected one of "
                    f"{_choices(_LR_SCHEDULES)}")
+            raise ValueError(msg)
+        if not isinstance(self.crop_context, bool):
+            msg = f"settings: crop_context must be true or false, got {self.crop_context!r}"
             raise ValueError(msg)
         if self.precision not in _PRECISIONS:
             msg = (f"settings: unknown precision {self.precision!r}; expected one of "
