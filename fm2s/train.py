@@ -18,7 +18,7 @@ from .model import FM2SNet
 from .noise import synthesize
 from .settings import Settings
 
-__all__ = ["PlaneData", "fit", "learning_rate", "predict", "extract_model"]
+__all__ = ["PlaneData", "extract_model", "fit", "learning_rate", "predict", "uses_bfloat16"]
 
 
 @dataclass
@@ -31,18 +31,14 @@ class PlaneData:
     init_generator: torch.Generator  # CPU: weights and crop positions
     noise_generator: torch.Generator  # on the training device: noise draws
 
-    def padded(self, name: str, margin: int) -> torch.Tensor:
-        """``target``, ``means`` or ``inside`` (1 on the plane), padded by ``margin`` (cached)."""
-        cache = self.__dict__.setdefault("_padded", {})
-        if (name, margin) not in cache:
-            pad = torch.nn.functional.pad
-            if name == "inside":
-                cache[name, margin] = pad(torch.ones_like(self.target), (margin,) * 4)
-            elif name == "means":  # any positive value works: the noise there is masked out
-                cache[name, margin] = pad(self.means[None], (margin,) * 4, mode="replicate")[0]
-            else:
-                cache[name, margin] = pad(getattr(self, name), (margin,) * 4)
-        return cache[name, margin]
+
+def uses_bfloat16(settings: Settings, device: torch.device) -> bool:
+    """Whether training runs in bfloat16 mixed precision on ``device``."""
+    if settings.precision != "auto":
+        return settings.precision == "bfloat16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def learning_rate(settings: Settings, step: int) -> float:
@@ -71,28 +67,21 @@ def group_key(settings: Settings, shape: tuple[int, int]) -> tuple[int, int]:
     return _crop_shape(settings, shape)
 
 
-def _draw_batch(plane: PlaneData, settings: Settings, crop: tuple[int, int], margin: int):
-    """Windows of (target, means, inside-the-plane mask) for one step, in the n channels.
-
-    A window is the crop plus ``margin`` pixels of context on each side (zeros beyond the
-    plane's edge); with ``margin == 0`` it is the crop itself.
-    """
+def _draw_batch(plane: PlaneData, settings: Settings, crop: tuple[int, int]):
+    """Crops of (target, means) for one step, each repeated into the n channels."""
     n, batch = settings.channels, settings.batch_size
     height, width = plane.target.shape
-    if crop == (height, width) and margin == 0:
+    if crop == (height, width):
         target, means = plane.target[None, None], plane.means[None, None]
-        inside = None
     else:
         tops = torch.randint(0, height - crop[0] + 1, (batch,), generator=plane.init_generator)
         lefts = torch.randint(0, width - crop[1] + 1, (batch,), generator=plane.init_generator)
-        # Offsets are in the padded arrays, where the plane starts at (margin, margin).
-        windows = [(slice(t, t + crop[0] + 2 * margin), slice(s, s + crop[1] + 2 * margin))
+        windows = [(slice(t, t + crop[0]), slice(s, s + crop[1]))
                    for t, s in zip(tops.tolist(), lefts.tolist(), strict=True)]
-        target = torch.stack([plane.padded("target", margin)[w] for w in windows])[:, None]
-        means = torch.stack([plane.padded("means", margin)[w] for w in windows])[:, None]
-        inside = torch.stack([plane.padded("inside", margin)[w] for w in windows])[:, None]
-    target = target.expand(-1, n, -1, -1).contiguous()  # (B, n, h + 2m, w + 2m)
-    return target, means, inside
+        target = torch.stack([plane.target[w] for w in windows])[:, None]  # (B, 1, h, w)
+        means = torch.stack([plane.means[w] for w in windows])[:, None]
+    target = target.expand(-1, n, -1, -1).contiguous()  # (B, n, h, w)
+    return target, means
 
 
 def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM2SNet:
@@ -113,21 +102,17 @@ def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM
     n, count = settings.channels, len(planes)
     crop = _crop_shape(settings, tuple(planes[0].target.shape))
     net = FM2SNet(n, settings.kernel_size, models=count)
-    margin = net.receptive_radius if settings.crop_context and settings.crop_size else 0
     net.reset_parameters([p.init_generator for p in planes])
     net = net.to(device=device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr)
-    mixed = settings.precision == "bfloat16"
+    mixed = uses_bfloat16(settings, device)
 
-    def step(inputs: torch.Tensor, targets: torch.Tensor, lr: float, margin: int = 0):
+    def step(inputs: torch.Tensor, targets: torch.Tensor, lr: float):
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed):
             output = net(inputs.contiguous(memory_format=torch.channels_last)).float()
-        if margin:  # score the crop only, not its context
-            output = output[..., margin:-margin, margin:-margin]
-            targets = targets[..., margin:-margin, margin:-margin]
         # One mean per plane, then their sum: plane g's gradient is that of its own loss.
         error = (output - targets).square().unflatten(1, (count, n))  # (B, G, n, h, w)
         error.mean(dim=(0, 2, 3, 4)).sum().backward()
@@ -142,17 +127,16 @@ def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM
 
     index = 0
     for _ in range(settings.samples):
-        batches = [_draw_batch(p, settings, crop, margin) for p in planes]
-        targets = torch.cat([t for t, _, _ in batches], 1).to(device)
-        noisy = []
-        for (target, means, inside), plane in zip(batches, planes, strict=True):
-            draw = synthesize(target.to(device), means.to(device), k_g=settings.k_g,
-                              k_p=settings.k_p, lam_p=settings.lam_p,
-                              generator=plane.noise_generator)
-            noisy.append(draw if inside is None else draw * inside.to(device))
+        batches = [_draw_batch(p, settings, crop) for p in planes]
+        targets = torch.cat([t for t, _ in batches], 1).to(device)
+        noisy = [
+            synthesize(t.to(device), m.to(device), k_g=settings.k_g, k_p=settings.k_p,
+                       lam_p=settings.lam_p, generator=p.noise_generator)
+            for (t, m), p in zip(batches, planes, strict=True)
+        ]
         inputs = torch.cat(noisy, 1)
         for _ in range(settings.steps_per_sample):
-            step(inputs, targets, learning_rate(settings, index), margin)
+            step(inputs, targets, learning_rate(settings, index))
             index += 1
     return net
 

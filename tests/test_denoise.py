@@ -146,3 +146,16 @@ def test_settings_and_overrides_are_exclusive(plane8):
 def test_more_keys_than_planes_is_an_error(plane8, tiny_settings):
     with pytest.raises(ValueError, match="more keys than planes"):
         denoise_planes([plane8], tiny_settings, keys=[1, 2], device="cpu")
+
+
+def test_precision_choice():
+    import torch
+
+    from fm2s.train import uses_bfloat16
+
+    cpu = torch.device("cpu")
+    assert not uses_bfloat16(make_settings(precision="float32"), cpu)
+    assert uses_bfloat16(make_settings(precision="bfloat16"), cpu)
+    assert make_settings(recipe="v2").precision == "float32"  # faithful recipes stay float32
+    assert uses_bfloat16(make_settings(), cpu) == bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported())
