@@ -129,6 +129,12 @@ def intensity_range(plane: np.ndarray, data_range: float | None = None) -> float
     return 1.0 if peak <= 1.0 else peak
 
 
+def _fills_little_of_dtype(plane: np.ndarray) -> bool:
+    """True for >8-bit integer data below 1/16 of the dtype's range (e.g. 12 bits in uint16)."""
+    return (plane.dtype.kind in "ui" and plane.dtype.itemsize > 1
+            and plane.max() < np.iinfo(plane.dtype).max / 16)
+
+
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
@@ -180,12 +186,21 @@ def iter_denoise_planes(
         torch.set_num_threads(threads)
     group_size = CUDA_GROUP_SIZE if device.type == "cuda" else 1
     key_iter = iter(keys) if keys is not None else None
+    warned = False
 
     def prepared():
+        nonlocal warned
         for index, plane in enumerate(planes):
             plane = np.asarray(plane)
             _check_plane(plane, settings, f"plane {index}")
             scale = intensity_range(plane, data_range)
+            if not warned and data_range is None and _fills_little_of_dtype(plane):
+                warned = True
+                log.warning(
+                    "plane %d: %s data use at most %d of %d levels; the global Poisson stage "
+                    "then synthesises far too much noise. Pass data_range (for 12-bit "
+                    "cameras: 4095) to map the camera's range onto [0, 1]", index, plane.dtype,
+                    int(plane.max()), int(scale))
             normalised = (plane.astype(np.float64) / scale).astype(np.float32)
             # Keying on the [0, 1] plane gives a uint16 copy of a uint8 plane (x257) its seed.
             key = next(key_iter) if key_iter is not None else content_key(normalised)

@@ -159,3 +159,14 @@ def test_precision_choice():
     assert make_settings(recipe="v2").precision == "float32"  # faithful recipes stay float32
     assert uses_bfloat16(make_settings(), cpu) == bool(
         torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def test_warns_when_16_bit_data_use_few_levels(plane8, tiny_settings, caplog):
+    twelve_bit = plane8.astype(np.uint16) * 16
+    with caplog.at_level("WARNING", logger="fm2s.denoise"):
+        run(twelve_bit, tiny_settings)
+    assert "Pass data_range" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fm2s.denoise"):
+        run(twelve_bit, tiny_settings, data_range=4095)
+    assert "data_range" not in caplog.text
