@@ -9,7 +9,6 @@ on its own, so a plane's network does not depend on its companions.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,8 +18,7 @@ from .model import FM2SNet
 from .noise import synthesize
 from .settings import Settings
 
-__all__ = ["PlaneData", "draw_noise", "extract_model", "fit", "learning_rate", "predict",
-           "uses_bfloat16"]
+__all__ = ["PlaneData", "extract_model", "fit", "learning_rate", "predict", "uses_bfloat16"]
 
 
 @dataclass
@@ -31,30 +29,7 @@ class PlaneData:
     target: torch.Tensor  # median-filtered plane c
     means: torch.Tensor  # region means M, per pixel
     init_generator: torch.Generator  # CPU: weights and crop positions
-    noise_generators: tuple[torch.Generator, torch.Generator]  # on the device: noise draws
-
-
-# Poisson sampling is single-threaded in torch and dominates a step on CPU: every draw is cut
-# into two fixed halves, each with its own generator, sampled side by side. The split does not
-# depend on the thread count, so neither do the results.
-_NOISE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fm2s-noise")
-
-
-def draw_noise(target: torch.Tensor, means: torch.Tensor, settings: Settings,
-               generators: tuple[torch.Generator, torch.Generator]) -> torch.Tensor:
-    """One FM2S noise draw for ``target`` (B, n, h, w), in two halves (batch, else rows)."""
-    axis = 0 if target.shape[0] > 1 else 2
-    means = means.expand_as(target)
-    halves = zip(target.chunk(2, axis), means.chunk(2, axis), generators, strict=False)
-
-    def half(args):
-        t, m, generator = args
-        return synthesize(t, m, k_g=settings.k_g, k_p=settings.k_p, lam_p=settings.lam_p,
-                          generator=generator)
-
-    if target.device.type == "cpu":
-        return torch.cat(list(_NOISE_POOL.map(half, halves)), axis)
-    return torch.cat([half(h) for h in halves], axis)
+    noise_generator: torch.Generator  # on the training device: noise draws
 
 
 def uses_bfloat16(settings: Settings, device: torch.device) -> bool:
@@ -154,8 +129,11 @@ def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM
     for _ in range(settings.samples):
         batches = [_draw_batch(p, settings, crop) for p in planes]
         targets = torch.cat([t for t, _ in batches], 1).to(device)
-        noisy = [draw_noise(t.to(device), m.to(device), settings, p.noise_generators)
-                 for (t, m), p in zip(batches, planes, strict=True)]
+        noisy = [
+            synthesize(t.to(device), m.to(device), k_g=settings.k_g, k_p=settings.k_p,
+                       lam_p=settings.lam_p, generator=p.noise_generator)
+            for (t, m), p in zip(batches, planes, strict=True)
+        ]
         inputs = torch.cat(noisy, 1)
         for _ in range(settings.steps_per_sample):
             step(inputs, targets, learning_rate(settings, index))
