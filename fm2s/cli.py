@@ -1,4 +1,4 @@
-"""The ``fm2s`` command line: denoise, demo, eval, info.
+"""The ``fm2s`` command line: denoise, demo, eval, info; synth and denoise-chunk (workflow).
 
 Errors in the input (missing or unreadable files, bad arrays, unknown presets) end with a one-line
 message naming the file and the problem, and exit code 2; nothing is written then.
@@ -293,6 +293,40 @@ def cmd_info(args) -> int:
     return 0
 
 
+# --- fm2s synth, fm2s denoise-chunk (used by the Snakemake workflow) ----------------------------
+
+def cmd_synth(args) -> int:
+    from .chunks import write_synthetic_stack
+
+    if args.output.exists() and not args.overwrite:
+        raise UsageError(f"{args.output}: output exists (use --overwrite to replace it)")
+    write_synthetic_stack(args.output, t=args.t, c=args.c, z=args.z, size=args.size,
+                          seed=args.seed, dtype=args.dtype, overwrite=args.overwrite)
+    log.info("wrote %s: %d x %d x %d planes of %d x %d %s", args.output, args.t, args.c, args.z,
+             args.size, args.size, args.dtype)
+    return 0
+
+
+def cmd_denoise_chunk(args) -> int:
+    from .chunks import denoise_chunk, job_device
+
+    start, sep, stop = args.planes.partition(":")
+    try:
+        start, stop = (0, None) if args.planes == "all" else (int(start), int(stop))
+    except ValueError:
+        raise UsageError(f"--planes {args.planes!r}: expected START:STOP or all") from None
+    try:
+        settings = Settings.from_json(args.settings_json)
+    except ValueError as error:
+        raise UsageError(f"--settings-json: {error}") from error
+    device = job_device(args.device, gpus=args.gpus)
+    denoise_chunk(args.input, args.output, settings=settings, start=start, stop=stop,
+                  seed=args.seed, series=args.series, pages_as=args.pages_as,
+                  data_range=args.data_range, device=device, threads=args.threads)
+    log.info("wrote %s", args.output)
+    return 0
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,6 +384,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the provenance of an fm2s OME-Zarr store")
     p.add_argument("store", type=Path)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("synth", help="write a synthetic noisy time-lapse z-stack (OME-TIFF)",
+                       description="Write a deterministic fluorescence-like (t, c, z, y, x) stack "
+                       "with Poisson-Gaussian noise as an OME-TIFF: the workflow's demo input.")
+    p.add_argument("output", type=Path, help="output file, e.g. demo.ome.tif")
+    for axis, default in (("t", 3), ("c", 2), ("z", 4)):
+        p.add_argument(f"--{axis}", type=int, default=default,
+                       help=f"{axis} size (default {default})")
+    p.add_argument("--size", type=int, default=128, help="plane side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="structure and noise seed (default 0)")
+    p.add_argument("--dtype", choices=("uint8", "uint16"), default="uint16")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("denoise-chunk", help="denoise a range of a stack's planes (workflow job)",
+                       description="Denoise planes START:STOP, in (t, c, z) order, of a stack into "
+                       "one chunk file (.npz) for the Snakemake workflow; each plane's seed is "
+                       "plane_seed(seed, (t, c, z)), as in fm2s denoise.")
+    p.add_argument("input", type=Path, help="input stack (any format fm2s denoise reads)")
+    p.add_argument("output", type=Path, help="chunk file to write (.npz)")
+    p.add_argument("--planes", default="all", help="plane range START:STOP, or all (default)")
+    p.add_argument("--settings-json", required=True, metavar="JSON",
+                   help="complete settings as JSON text (Settings.to_json())")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--series", type=int, default=0, help="series of a multi-series file")
+    p.add_argument("--pages-as", choices=("z", "t"), default="z",
+                   help="axis of the pages of a plain multi-page TIFF (default z)")
+    p.add_argument("--data-range", type=float, default=None, help="intensity that maps to 1.0")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA only when the job was "
+                   "given a GPU, see fm2s.chunks.job_device), cpu, cuda or cuda:N")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs the job was given (its gpu "
+                   "resource; 0: CPU only)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.set_defaults(func=cmd_denoise_chunk)
     return parser
 
 
