@@ -279,7 +279,8 @@ def denoise(
         Noise synthesis for a microscope: ``confocal``, ``twophoton``, ``widefield``, ``base``
         or ``v1``.
     seed : int
-        Base seed; the same image, settings and seed always give the same result on CPU.
+        Base seed; the same image, settings and seed always give the same result on CPU (with
+        the same number of threads: float reductions depend on it).
     recipe : str
         ``fast`` (default), ``v2`` or ``v1`` (the published schedules).
     channel_axis : int, optional
