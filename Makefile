@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/fm2s demo fm2s-demo
+	$(BIN)/snakemake --cores 2
 
 test: setup
 	$(BIN)/ruff check fm2s tests benchmarks

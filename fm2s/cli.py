@@ -310,7 +310,7 @@ def cmd_synth(args) -> int:
 def cmd_denoise_chunk(args) -> int:
     from .chunks import denoise_chunk, job_device
 
-    start, sep, stop = args.planes.partition(":")
+    start, _, stop = args.planes.partition(":")
     try:
         start, stop = (0, None) if args.planes == "all" else (int(start), int(stop))
     except ValueError:

@@ -1,0 +1,26 @@
+# fm2s workflow: denoise every plane of microscopy stacks with FM2S, a chunk of planes per job,
+# into OME-Zarr stores. Run `snakemake --cores N` or `snakemake --profile slurm` here.
+# Config: config/config.yaml (checked against workflow/schemas/config.schema.yaml).
+# Documentation: docs/workflow.md.
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+if DEMO_NAME:
+
+    include: "workflow/rules/synth.smk"
+
+
+include: "workflow/rules/denoise.smk"
+include: "workflow/rules/assemble.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+    localrule: True

@@ -1,0 +1,209 @@
+# Shared by every rule: config validation, the inputs and their chunks, paths, and the values
+# that reach rules as params. The per-chunk work itself is in fm2s.chunks.
+
+import functools
+import os.path
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+# The workflow reads headers with this checkout's fm2s (scripts do the same, see their first
+# lines): jobs then always run the code of the workflow that starts them.
+sys.path.insert(0, workflow.basedir)
+
+import fm2s  # noqa: E402
+from fm2s.chunks import chunk_ranges, input_stamp, scan_folder, stack_name  # noqa: E402
+from fm2s.settings import make_settings  # noqa: E402
+from fm2s.stacks import StackError, list_planes  # noqa: E402
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+DENOISE, OUTPUT, DEMO = config["denoise"], config["output"], config["demo"]
+READING, ACQUISITION = config["reading"], config["acquisition"]
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def find_inputs():
+    """Output name -> input path, and the demo input's name (None unless the demo runs)."""
+    found = {}
+
+    def add(name, path):
+        if name in found:
+            raise WorkflowError(
+                f"inputs {found[name]} and {path} would both be written to {name!r}; "
+                "rename one of them"
+            )
+        found[name] = Path(path)
+
+    for entry in config["inputs"]:
+        add(stack_name(entry), entry)
+    if ACQUISITION["folder"]:
+        # Jobs that re-read the workflow (e.g. on SLURM) take the inputs as they are: the main
+        # process already decided which ones are complete.
+        main = workflow.is_main_process
+        try:
+            ready, waiting = scan_folder(
+                ACQUISITION["folder"],
+                ACQUISITION["patterns"],
+                quiet_seconds=ACQUISITION["quiet_seconds"] if main else 0,
+                settle_seconds=ACQUISITION["settle_seconds"] if main else 0,
+            )
+        except FileNotFoundError as error:
+            raise WorkflowError(f"config acquisition.folder: {error}") from None
+        for path, reason in waiting.items():
+            logger.warning(f"fm2s: {path} is {reason}: left for the next run")
+        results = Path(OUTPUT["root"]).resolve()
+        for name, path in ready.items():
+            if results not in path.resolve().parents:  # never our own outputs
+                add(name, path)
+    if found or config["inputs"] or ACQUISITION["folder"]:
+        return found, None
+    if not DEMO["enabled"]:
+        raise WorkflowError(
+            "nothing to denoise: set `inputs` or `acquisition.folder` in the config "
+            "(or demo.enabled: true)"
+        )
+    name = stack_name(DEMO["path"])
+    return {name: Path(DEMO["path"])}, name
+
+
+INPUTS, DEMO_NAME = find_inputs()
+
+# --- settings: everything that decides the result reaches the rules as params ------------------
+
+try:
+    SETTINGS = make_settings(
+        DENOISE["preset"],
+        DENOISE["recipe"],
+        **{**DENOISE["overrides"], **(DEMO["overrides"] if DEMO_NAME else {})},
+    )
+except ValueError as error:
+    keys = "denoise.preset, recipe or overrides" + (" (or demo.overrides)" if DEMO_NAME else "")
+    raise WorkflowError(f"config {keys}: {error}") from None
+
+PLANES_PER_JOB = (DEMO_NAME and DEMO["planes_per_job"]) or DENOISE["planes_per_job"]
+# Options of `fm2s denoise-chunk` that decide the result (the settings JSON aside).
+DENOISE_OPTIONS = [
+    *("--seed", str(DENOISE["seed"])),
+    *("--series", str(READING["series"])),
+    *("--pages-as", READING["pages_as"]),
+    *(("--data-range", str(DENOISE["data_range"])) if DENOISE["data_range"] else ()),
+]
+
+
+def settings_folder():
+    """``<digest[:12]>-seed<seed>[-range<data_range>]``: the output folder of output.by_settings."""
+    tag = f"{SETTINGS.digest()[:12]}-seed{DENOISE['seed']}"
+    if DENOISE["data_range"]:
+        tag += f"-range{DENOISE['data_range']:g}"
+    return tag
+
+
+# --- paths: every output, log and benchmark path is built here ---------------------------------
+
+OUT = os.path.join(OUTPUT["root"], settings_folder() if OUTPUT["by_settings"] else "")
+OUT = os.path.normpath(OUT)
+STORE = f"{OUT}/{{name}}.denoised.ome.zarr"
+CHUNK = f"{OUT}/.fm2s/chunks/{{name}}/chunk-{{chunk}}.npz"
+FORMAT = f"{OUT}/.fm2s/format/{{name}}.json"
+
+
+
+def drop_vanished_inputs():
+    """A listed input that no longer exists keeps its earlier output and is left out of the run
+    (one that never produced an output stays in: its job fails with "no such file")."""
+    for name, path in list(INPUTS.items()):
+        store = STORE.format(name=name)
+        if name != DEMO_NAME and not path.exists() and os.path.isdir(store):
+            logger.warning(f"fm2s: {path} no longer exists; keeping {store}")
+            del INPUTS[name]
+
+
+drop_vanished_inputs()
+
+
+def log_path(rule, stem):
+    return f"{OUT}/logs/{rule}/{stem}.log"
+
+
+def benchmark_path(rule, stem):
+    return f"{OUT}/benchmarks/{rule}/{stem}.tsv"
+
+
+wildcard_constraints:
+    # a relative path whose parts do not start with "."
+    name=r"[^./][^/]*(/[^./][^/]*)*",
+    chunk=r"\d+",
+
+
+# --- input functions -----------------------------------------------------------------------------
+
+
+def source_path(wildcards):
+    """The input stack of output `name`."""
+    return str(INPUTS[wildcards.name])
+
+
+def source_input(wildcards):
+    """The input as a job input, or nothing when it does not exist: its denoise job then fails
+    with the reader's error, instead of the whole workflow failing to start."""
+    path = INPUTS[wildcards.name]
+    return [str(path)] if wildcards.name == DEMO_NAME or path.exists() else []
+
+
+@functools.cache
+def plane_count(name):
+    """Planes of an input, from its headers; None when they cannot be read (logged)."""
+    if name == DEMO_NAME:
+        return DEMO["t"] * DEMO["c"] * DEMO["z"]
+    try:
+        planes = list_planes(INPUTS[name], series=READING["series"], pages_as=READING["pages_as"])
+    except StackError as error:
+        logger.warning(f"fm2s: {error}; its denoise job will fail with this error")
+        return None
+    return len(planes)
+
+
+@functools.cache
+def chunk_ranges_of(name):
+    """``[start, stop)`` plane range of each chunk of an input (one chunk of all planes for an
+    input whose headers cannot be read)."""
+    count = plane_count(name)
+    return [None] if count is None else chunk_ranges(count, PLANES_PER_JOB)
+
+
+def chunk_ids(name):
+    return list(range(len(chunk_ranges_of(name))))
+
+
+def chunk_planes(wildcards):
+    """``start:stop`` of a chunk (``all`` for an input whose headers cannot be read)."""
+    planes = chunk_ranges_of(wildcards.name)[int(wildcards.chunk)]
+    return "all" if planes is None else "{}:{}".format(*planes)
+
+
+def chunk_files(wildcards):
+    return expand(CHUNK, name=wildcards.name, chunk=chunk_ids(wildcards.name))
+
+
+@functools.cache
+def _stamp(name):
+    return "generated" if name == DEMO_NAME else input_stamp(INPUTS[name])
+
+
+def source_stamp(wildcards):
+    """Changes with the input's content (mtime and size of every file of a store or folder)."""
+    return _stamp(wildcards.name)
+
+
+def all_targets():
+    return [STORE.format(name=name) for name in INPUTS] + [
+        FORMAT.format(name=name) for name in INPUTS
+    ]

@@ -1,0 +1,17 @@
+# The built-in demo input: a small synthetic time-lapse z-stack (only when no inputs are set).
+
+
+rule synth_demo:
+    output:
+        DEMO["path"],
+    params:
+        options=[f"--{key}={DEMO[key]}" for key in ("t", "c", "z", "size", "seed")],
+    log:
+        log_path("synth_demo", "demo"),
+    benchmark:
+        benchmark_path("synth_demo", "demo")
+    localrule: True
+    conda:
+        "../../envs/fm2s.yaml"
+    script:
+        "../scripts/synth_demo.py"

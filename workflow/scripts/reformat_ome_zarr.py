@@ -1,0 +1,21 @@
+"""Rule reformat_ome_zarr: give a store the configured output options (no denoising)."""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1]))  # noqa: F821  this checkout's fm2s
+sys.stdout = sys.stderr = open(snakemake.log[0], "w")  # noqa: F821, SIM115
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+from fm2s.chunks import reformat_store  # noqa: E402
+
+p, stamp = snakemake.params, Path(snakemake.output[0])  # noqa: F821
+options = {"levels": p.levels, "ngff_version": p.ngff_version, "tile": p.tile}
+rewritten = reformat_store(snakemake.input.store, **options,  # noqa: F821
+                           workflow={"config": snakemake.config})  # noqa: F821
+logging.info("%s: %s", snakemake.input.store, "rewritten" if rewritten else "already so")  # noqa: F821
+tmp = stamp.with_name(f".{stamp.name}.tmp")
+tmp.write_text(json.dumps({**options, "rewritten": rewritten}) + "\n")
+tmp.replace(stamp)
