@@ -70,6 +70,16 @@ LIBRARIES = (
 )  # fmt: skip
 
 
+def describe_output(shape, dtype, *, ngff_version: str, levels: int) -> dict[str, Any]:
+    """The ``output`` block of a provenance record: shape, dtype, NGFF version, pyramid."""
+    from fm2s.ome import level_shapes
+
+    return {
+        "shape": list(shape), "dtype": str(dtype), "ngff_version": ngff_version,
+        "levels": levels, "level_shapes": [list(s) for s in level_shapes(tuple(shape), levels)],
+    }  # fmt: skip
+
+
 def utc_now() -> str:
     """The current time, ISO 8601 in UTC (``2026-11-21T05:01:02.123456Z``)."""
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from fm2s._provenance import build_provenance, describe_output, fingerprint_input, utc_now
 from fm2s.stacks import PlaneKey, StackError, StackMetadata, open_stack
 
 __all__ = [
@@ -257,12 +258,6 @@ def _sha256(plane: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(plane).tobytes()).hexdigest()
 
 
-def _utc_now() -> str:
-    from fm2s._provenance import utc_now
-
-    return utc_now()
-
-
 def denoise_chunk(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -307,7 +302,7 @@ def denoise_chunk(
 
     source, output = Path(source), Path(output)
     device = resolve_device(device)
-    started = _utc_now()
+    started = utc_now()
     with open_stack(source, series=series, pages_as=pages_as) as stack:
         every = stack.plane_keys()
         stop = len(every) if stop is None else stop
@@ -374,7 +369,7 @@ def _write_chunk(output: Path, keys, results, hashes, info, source) -> Path:
                 seconds.append(result.seconds)
                 logger.info("%s: plane t,c,z=%s denoised in %.2f s", source.name, key.label,
                             result.seconds)
-            info = {**info, "finished": _utc_now()}
+            info = {**info, "finished": utc_now()}
             member("keys", np.asarray([tuple(k) for k in keys], dtype=np.int64).reshape(-1, 3))
             member("seeds", np.asarray(seeds, dtype=np.uint64))
             member("seconds", np.asarray(seconds, dtype=np.float64))
@@ -443,9 +438,8 @@ def assemble_chunks(
     import dask
     import dask.array as da
 
-    from fm2s._provenance import build_provenance, fingerprint_input
     from fm2s.denoise import plane_seed
-    from fm2s.ome import level_shapes, write_ome_zarr
+    from fm2s.ome import write_ome_zarr
     from fm2s.pipeline import SEED_DERIVATION
 
     source, output = Path(source), Path(output)
@@ -501,16 +495,11 @@ def assemble_chunks(
         seed_derivation=SEED_DERIVATION,
         input_metadata=meta,
         input_fingerprint=fingerprint,
-        output={
-            "shape": list(meta.shape),
-            "dtype": meta.dtype,
-            "ngff_version": ngff_version,
-            "levels": levels,
-            "level_shapes": [list(s) for s in level_shapes(meta.shape, levels)],
-        },
+        output=describe_output(meta.shape, meta.dtype, ngff_version=ngff_version,
+                               levels=levels),
         device=", ".join(sorted({i["device"] for i in infos})),
         started=min(i["started"] for i in infos),
-        finished=_utc_now(),
+        finished=utc_now(),
         plane_seconds={key.label: index[key][1] for key in keys},
         pixels_sha256=pixels.hexdigest(),
     )
@@ -546,7 +535,7 @@ def reformat_store(
         False (and nothing written) when the store already has these options.
     """
     from fm2s._provenance import provenance
-    from fm2s.ome import level_shapes, open_ome_zarr, write_ome_zarr
+    from fm2s.ome import open_ome_zarr, write_ome_zarr
 
     store = Path(store)
     record = provenance(store)
@@ -560,12 +549,10 @@ def reformat_store(
     fields = dict(record["input"]["metadata"])
     fields["shape"], fields["shape_found"] = tuple(fields["shape"]), tuple(fields["shape_found"])
     meta = StackMetadata(**fields)
-    record["output"] = {
-        **out, "ngff_version": ngff_version, "levels": levels,
-        "level_shapes": [list(s) for s in level_shapes(arrays[0].shape, levels)],
-    }  # fmt: skip
+    record["output"] = {**out, **describe_output(arrays[0].shape, out["dtype"],
+                                                 ngff_version=ngff_version, levels=levels)}
     record["workflow"] = {**flow, **dict(workflow or {}), "tile": tile,
-                          "reformatted": {"at": _utc_now(), "from": before}}
+                          "reformatted": {"at": utc_now(), "from": before}}
     logger.info("rewriting %s: %s -> %s", store, before, wanted)
     write_ome_zarr(store, arrays[0], meta, levels=levels, ngff_version=ngff_version,
                    provenance=record, overwrite=True, tile=tile)

@@ -233,16 +233,14 @@ def _denoise_group(members, settings, seed, device) -> list[PlaneResult]:
         own_seed = plane_seed(seed, key)
         init_gen = torch.Generator().manual_seed(own_seed)
         noise_gen = torch.Generator(device=device).manual_seed(own_seed ^ 0x5EED)
-        data.append(PlaneData(torch.from_numpy(noisy), torch.from_numpy(target),
-                              torch.from_numpy(means), init_gen, noise_gen))
-        trainable.append((slot, plane, key, scale, own_seed))
+        data.append(PlaneData(*(torch.from_numpy(a).to(device) for a in (noisy, target, means)),
+                              init_gen, noise_gen))
+        trainable.append((slot, plane, noisy, key, scale, own_seed))
     if trainable:
         log.debug("training %d plane(s) of shape %s", len(trainable), trainable[0][1].shape)
-        net = fit([PlaneData(p.noisy.to(device), p.target.to(device), p.means.to(device),
-                             p.init_generator, p.noise_generator) for p in data],
-                  settings, device)
-        for g, (slot, plane, key, scale, own_seed) in enumerate(trainable):
-            clean = predict(extract_model(net, g), data[g].noisy.numpy(), device)
+        net = fit(data, settings, device)
+        for g, (slot, plane, noisy, key, scale, own_seed) in enumerate(trainable):
+            clean = predict(extract_model(net, g), noisy, device)
             image = _to_dtype(clean.astype(np.float64) * scale, plane.dtype)
             results[slot] = PlaneResult(image, 0.0, own_seed, key, scale)
     share = (time.perf_counter() - start) / len(members)

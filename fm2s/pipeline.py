@@ -19,8 +19,8 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from fm2s._provenance import build_provenance, fingerprint_input, utc_now
-from fm2s.ome import OmeZarrWriter, check_output_path, level_shapes
+from fm2s._provenance import build_provenance, describe_output, fingerprint_input, utc_now
+from fm2s.ome import OmeZarrWriter, check_output_path
 from fm2s.stacks import StackError, open_stack
 
 __all__ = ["SEED_DERIVATION", "denoise_stack"]
@@ -147,13 +147,8 @@ def denoise_stack(
                 seed_derivation=SEED_DERIVATION,
                 input_metadata=meta,
                 input_fingerprint=fingerprint,
-                output={
-                    "shape": list(meta.shape),
-                    "dtype": meta.dtype,
-                    "ngff_version": ngff_version,
-                    "levels": levels,
-                    "level_shapes": [list(s) for s in level_shapes(meta.shape, levels)],
-                },
+                output=describe_output(meta.shape, meta.dtype, ngff_version=ngff_version,
+                                       levels=levels),
                 device=_describe(torch_device),
                 started=started,
                 finished=utc_now(),

@@ -56,15 +56,11 @@ def learning_rate(settings: Settings, step: int) -> float:
     return lr
 
 
-def _crop_shape(settings: Settings, shape: tuple[int, int]) -> tuple[int, int]:
+def group_key(settings: Settings, shape: tuple[int, int]) -> tuple[int, int]:
+    """Shape of a plane's training crops; planes with equal keys can train together."""
     if settings.crop_size == 0:
         return shape
     return min(settings.crop_size, shape[0]), min(settings.crop_size, shape[1])
-
-
-def group_key(settings: Settings, shape: tuple[int, int]) -> tuple[int, int]:
-    """Planes with equal keys can be trained together (their batches have equal shapes)."""
-    return _crop_shape(settings, shape)
 
 
 def _draw_batch(plane: PlaneData, settings: Settings, crop: tuple[int, int]):
@@ -100,7 +96,7 @@ def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM
         ``models == len(planes)``; use :func:`extract_model` to get plane ``g``'s network.
     """
     n, count = settings.channels, len(planes)
-    crop = _crop_shape(settings, tuple(planes[0].target.shape))
+    crop = group_key(settings, tuple(planes[0].target.shape))
     net = FM2SNet(n, settings.kernel_size, models=count)
     net.reset_parameters([p.init_generator for p in planes])
     net = net.to(device=device, memory_format=torch.channels_last)
