@@ -1,5 +1,6 @@
 """Shared fixtures: small synthetic planes and the optional third-party data folder."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,17 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+def skip_unless_in_ci(reason: str) -> None:
+    """Skip a test that needs a system service or program, except in CI.
+
+    ``.ci/run`` installs those (SLURM, Chromium) and sets ``FM2S_CI=1``; there a missing one
+    is a failure, never a silent skip.
+    """
+    if os.environ.get("FM2S_CI") == "1":
+        pytest.fail(f"{reason} (FM2S_CI=1: CI must provide it)")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
