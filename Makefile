@@ -1,6 +1,8 @@
 # The two commands of the README. Both create the virtual environment on first use.
 #   make demo   set up, then denoise the built-in synthetic demo
-#   make test   set up, then run the linter and the test suite
+#   make test   set up, then run the linter, the unit tests and the SLURM tests (tests/slurm:
+#               they start a single-node SLURM cluster; skipped without root and its Debian
+#               packages, see tests/slurm/cluster.sh)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -20,4 +22,5 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check fm2s tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slurm"
+	$(BIN)/python -m pytest -q -m slurm -rs

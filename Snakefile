@@ -7,7 +7,11 @@
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
+include: "workflow/rules/slurm_compat.smk"
 
 
 if DEMO_NAME:
@@ -17,6 +21,7 @@ if DEMO_NAME:
 
 include: "workflow/rules/denoise.smk"
 include: "workflow/rules/assemble.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

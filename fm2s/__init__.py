@@ -13,17 +13,21 @@ from .denoise import (  # noqa: E402  (the function shadows the module name on p
     iter_denoise_planes,
     plane_seed,
 )
+from .estimate import NoiseEstimate, estimate_noise, resolve_settings  # noqa: E402
 from .settings import PRESETS, RECIPES, Settings, make_settings  # noqa: E402
 
 __all__ = [
     "PRESETS",
     "RECIPES",
+    "NoiseEstimate",
     "PlaneResult",
     "Settings",
     "__version__",
     "denoise",
     "denoise_planes",
+    "estimate_noise",
     "iter_denoise_planes",
     "make_settings",
     "plane_seed",
+    "resolve_settings",
 ]

@@ -29,7 +29,9 @@ to ``"ome"`` (NGFF 0.5, ``zarr.json``) or next to ``"multiscales"``/``"omero"``
       "python": "3.11.7", "platform": "Linux-...",
       "device": "cpu", "host": "node01",
       "started": "2026-...Z", "finished": "2026-...Z", "seconds": 12.3,
-      "plane_seconds": {"0,0,0": 0.41, ...}   # keyed "t,c,z"
+      "plane_seconds": {"0,0,0": 0.41, ...},  # keyed "t,c,z"
+      "estimate": {...}     # preset "auto" only: noise estimates per channel and the
+                            # settings chosen per plane (fm2s.estimate.provenance_record)
     }
 
 Times are ISO 8601 in UTC. Read it back with :func:`provenance`; print it with
@@ -170,6 +172,7 @@ def build_provenance(
     finished: str,
     plane_seconds: Mapping[str, float],
     pixels_sha256: str | None = None,
+    estimate: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the provenance dict (schema in the module docstring).
 
@@ -194,6 +197,9 @@ def build_provenance(
         Denoising seconds per plane, keyed ``"t,c,z"``.
     pixels_sha256 : str, optional
         SHA-256 of the raw bytes of the planes read, in plane order.
+    estimate : mapping, optional
+        For ``preset="auto"``: the noise estimates and per-plane choices
+        (:func:`fm2s.estimate.provenance_record`); stored under ``"estimate"``.
     """
     if hasattr(settings, "to_dict"):
         digest = settings.digest() if hasattr(settings, "digest") else None
@@ -238,6 +244,8 @@ def build_provenance(
         "seconds": round(seconds, 3),
         "plane_seconds": {str(k): round(float(v), 4) for k, v in plane_seconds.items()},
     }
+    if estimate is not None:
+        record["estimate"] = dict(estimate)
     if "shape" in record["output"]:
         record["output"]["shape"] = [int(n) for n in record["output"]["shape"]]
     json.dumps(record, allow_nan=False)  # JSON-able, or fail here
@@ -302,6 +310,21 @@ def format_provenance(path: str | Path) -> str:
         f"run:       {p.get('started')} -> {p.get('finished')} ({p.get('seconds')} s) "
         f"on {p.get('device')} at {p.get('host')}",
     ]
+    estimate = p.get("estimate")
+    if estimate:
+        for channel, ref in sorted((estimate.get("references") or {}).items()):
+            e = ref.get("estimate", {})
+            lines.append(
+                f"noise:     channel {channel} (plane {ref.get('plane')}): std "
+                f"{e.get('std_dn')} DN at mean, gain {e.get('gain_dn')} DN, read variance "
+                f"{e.get('read_var_dn')} DN^2, correlation width {e.get('corr')} px")
+        planes = estimate.get("planes") or {}
+        own = [k for k, v in planes.items() if v.get("source") == "plane"]
+        blends = [v["blend"] for v in planes.values() if v.get("blend") is not None]
+        text = f"           auto: {len(planes)} plane(s), {len(own)} with their own estimate"
+        if blends:
+            text += f", blend weight {min(blends):.2f}-{max(blends):.2f}"
+        lines.append(text)
     if times:
         lines.append(
             f"planes:    {len(times)}, {sum(times):.2f} s denoising "

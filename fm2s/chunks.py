@@ -25,7 +25,9 @@ member              content
 ``seconds``         ``(n,)`` float64: denoising seconds per plane
 ``input_sha256``    ``(n,)`` str: SHA-256 of each raw input plane's bytes
 ``info``            JSON string: source, plane range, settings digest, seed, data range,
-                    device, host, start and end times, fm2s version
+                    device, host, start and end times, fm2s version; for ``preset="auto"``
+                    also ``noise_references`` (the channels' reference estimates) and
+                    ``auto`` (each plane's estimate source, blend and chosen settings)
 ==================  ==================================================================
 """
 
@@ -312,6 +314,13 @@ def denoise_chunk(
             raise StackError(msg)
         keys = every[start:stop]
         hashes: list[str] = []
+        references = None
+        if settings.needs_estimate:
+            from fm2s.estimate import ChannelReferences
+
+            # References come from fixed planes of the whole stack, so every chunk of a
+            # channel uses the same one, however the stack is split.
+            references = ChannelReferences(stack, data_range)
 
         def planes():
             for key in keys:
@@ -321,19 +330,23 @@ def denoise_chunk(
 
         results = iter_denoise_planes(
             planes(), settings, seed=seed, keys=[tuple(k) for k in keys], device=device,
-            threads=threads, data_range=data_range,
+            threads=threads, data_range=data_range, noise_reference=references,
         )  # fmt: skip
-        logger.info("%s: denoising planes %d:%d of %d on %s", source, start, stop, len(every),
-                    device)
+        # Which scheduler job and GPU ran the chunk: the first questions when a result looks off.
+        slurm_job = os.environ.get("SLURM_JOB_ID")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        logger.info("%s: denoising planes %d:%d of %d on %s (SLURM job %s, "
+                    "CUDA_VISIBLE_DEVICES=%s)", source, start, stop, len(every), device,
+                    slurm_job or "none", "unset" if visible is None else visible)
         info = {
             "format": CHUNK_FORMAT, "source": str(source.resolve()), "start": start,
             "stop": stop, "settings_digest": settings.digest(), "seed": int(seed),
             "data_range": data_range, "series": series, "pages_as": pages_as,
             "device": _describe(device), "host": socket.gethostname(), "started": started,
-            "fm2s_version": __version__,
+            "fm2s_version": __version__, "slurm_job": slurm_job, "cuda_visible_devices": visible,
         }  # fmt: skip
         try:
-            return _write_chunk(output, keys, results, hashes, info, source)
+            return _write_chunk(output, keys, results, hashes, info, source, references)
         except ValueError as exc:
             if isinstance(exc, StackError):
                 raise
@@ -351,11 +364,11 @@ def _describe(device) -> str:
     return str(device)
 
 
-def _write_chunk(output: Path, keys, results, hashes, info, source) -> Path:
+def _write_chunk(output: Path, keys, results, hashes, info, source, references=None) -> Path:
     """Stream the results into ``output`` (npz) under a temporary name, then rename it."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    seeds, seconds = [], []
+    seeds, seconds, auto = [], [], {}
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
 
@@ -367,9 +380,14 @@ def _write_chunk(output: Path, keys, results, hashes, info, source) -> Path:
                 member(f"plane{i}", result.image)
                 seeds.append(result.seed)
                 seconds.append(result.seconds)
+                if result.info is not None:
+                    auto[key.label] = result.info
                 logger.info("%s: plane t,c,z=%s denoised in %.2f s", source.name, key.label,
                             result.seconds)
             info = {**info, "finished": utc_now()}
+            if references is not None or auto:
+                info["noise_references"] = references.record() if references else {}
+                info["auto"] = auto
             member("keys", np.asarray([tuple(k) for k in keys], dtype=np.int64).reshape(-1, 3))
             member("seeds", np.asarray(seeds, dtype=np.uint64))
             member("seconds", np.asarray(seconds, dtype=np.float64))
@@ -483,6 +501,15 @@ def assemble_chunks(
                 raise StackError(msg)
             pixels.update(np.ascontiguousarray(plane).tobytes())
     fingerprint = fingerprint_input(source)
+    estimate = None
+    if any("auto" in i for i in infos):
+        from fm2s.estimate import provenance_record
+
+        references, plane_infos = {}, {}
+        for i in infos:
+            references.update(i.get("noise_references") or {})
+            plane_infos.update(i.get("auto") or {})
+        estimate = provenance_record(dict(sorted(references.items())), plane_infos)
     planes = [
         da.from_delayed(dask.delayed(_load_plane)(*where[key]), shape=meta.shape[3:],
                         dtype=meta.dtype)
@@ -502,11 +529,15 @@ def assemble_chunks(
         finished=utc_now(),
         plane_seconds={key.label: index[key][1] for key in keys},
         pixels_sha256=pixels.hexdigest(),
+        estimate=estimate,
     )
     record["workflow"] = {
         **dict(workflow or {}),
         "chunks": len(infos),
         "hosts": sorted({i["host"] for i in infos}),
+        "slurm_jobs": sorted({i["slurm_job"] for i in infos if i.get("slurm_job")}),
+        "cuda_visible_devices": sorted({i["cuda_visible_devices"] for i in infos
+                                        if i.get("cuda_visible_devices") is not None}),
         "data_range": data_range,
         "tile": tile,
     }

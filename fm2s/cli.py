@@ -1,4 +1,5 @@
-"""The ``fm2s`` command line: denoise, demo, eval, info; synth and denoise-chunk (workflow).
+"""The ``fm2s`` command line: denoise, demo, eval, info, report; synth and denoise-chunk
+(workflow).
 
 Errors in the input (missing or unreadable files, bad arrays, unknown presets) end with a one-line
 message naming the file and the problem, and exit code 2; nothing is written then.
@@ -199,8 +200,13 @@ def _data_range(truth: np.ndarray) -> float:
     return float(truth.max() - truth.min())
 
 
-def evaluate_folder(noisy_dir: Path, truth_dir: Path, args) -> list[dict]:
-    """Denoise every image of ``noisy_dir`` with a same-named image in ``truth_dir``."""
+def evaluate_folder(noisy_dir: Path, truth_dir: Path, args,
+                    crops: list | None = None) -> list[dict]:
+    """Denoise every image of ``noisy_dir`` with a same-named image in ``truth_dir``.
+
+    With a list as `crops`, append ``(name, noisy, denoised, truth)`` crops of each image (the
+    window of :func:`fm2s.report.pick_region` on the ground truth) for ``--html``.
+    """
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     names = sorted(p.name for p in noisy_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
@@ -235,10 +241,16 @@ def evaluate_folder(noisy_dir: Path, truth_dir: Path, args) -> list[dict]:
                  row["psnr_noisy"], row["ssim"], seconds)
         if args.save_dir:
             write_image(args.save_dir / name, result.image, overwrite=True)
+        if crops is not None:
+            from .report import pick_region
+
+            window = pick_region(truth, EVAL_CROP)
+            crops.append((name, noisy[window], result.image[window], truth[window]))
     return rows
 
 
 METRICS = ("psnr_noisy", "psnr", "ssim_noisy", "ssim", "seconds")
+EVAL_CROP = 128  # side of the crops of the --html page, in pixels
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -267,7 +279,8 @@ def cmd_eval(args) -> int:
     for folder in (args.noisy_dir, args.truth_dir):
         if not folder.is_dir():
             raise UsageError(f"{folder}: no such directory")
-    rows = evaluate_folder(args.noisy_dir, args.truth_dir, args)
+    crops = [] if args.html else None
+    rows = evaluate_folder(args.noisy_dir, args.truth_dir, args, crops)
     summary = summarise(rows)
     image_cols = ["image", "preset", "recipe", *METRICS]
     group_cols = ["group", "images", *METRICS]
@@ -281,6 +294,12 @@ def cmd_eval(args) -> int:
         writer.writeheader()
         writer.writerows(rows)
         args.csv.write_text(buffer.getvalue())
+    if args.html:
+        from .report import write_eval_report
+
+        write_eval_report(args.html, rows, summary, crops, description=(
+            f"{len(rows)} images of {args.noisy_dir} denoised (recipe {rows[0]['recipe']}, "
+            f"base seed {args.seed}) and scored against {args.truth_dir}."))
     return 0
 
 
@@ -290,6 +309,21 @@ def cmd_info(args) -> int:
     from ._provenance import format_provenance
 
     print(format_provenance(args.store))
+    return 0
+
+
+# --- fm2s report ---------------------------------------------------------------------------------
+
+def cmd_report(args) -> int:
+    from .chunks import stack_name
+    from .report import write_run_report
+
+    stores = {stack_name(store): store for store in args.stores}
+    if len(stores) < len(args.stores):
+        raise UsageError("two stores have the same name; give them different names")
+    write_run_report(args.output, stores, series=args.series, pages_as=args.pages_as,
+                     noise_planes=args.noise_planes, zoom=args.zoom)
+    log.info("wrote %s", args.output)
     return 0
 
 
@@ -374,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("truth_dir", type=Path, metavar="gt_dir")
     p.add_argument("--csv", type=Path, help="write the per-image table as CSV")
     p.add_argument("--markdown", type=Path, help="write both tables as Markdown")
+    p.add_argument("--html", type=Path, metavar="PAGE", help="write a self-contained HTML page: "
+                   "both tables and noisy / denoised / ground-truth crops of every image")
     p.add_argument("--save-dir", type=Path, help="also save the denoised images here")
     p.add_argument("--limit", type=int, default=0, help="only the first N images (by name)")
     _add_settings_options(p, preset_help="a preset name, or by-name (default): the preset of "
@@ -384,6 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the provenance of an fm2s OME-Zarr store")
     p.add_argument("store", type=Path)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("report", help="write the QC page of denoised OME-Zarr stores",
+                       description="Write one self-contained HTML page: for each STORE (written "
+                       "by fm2s, with provenance) and the input recorded in it, raw and denoised "
+                       "images, an intensity profile, the noise per plane before and after, the "
+                       "seconds per plane, the settings and provenance (fm2s.report).")
+    p.add_argument("stores", type=Path, nargs="+", metavar="STORE")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="PAGE",
+                   help="the HTML file to write")
+    p.add_argument("--series", type=int, default=0, help="series of the inputs (default 0)")
+    p.add_argument("--pages-as", choices=("z", "t"), default="z",
+                   help="axis of the pages of plain multi-page TIFF inputs (default z)")
+    p.add_argument("--noise-planes", type=int, default=48, help="planes per stack whose noise "
+                   "is estimated, at most (default 48)")
+    p.add_argument("--zoom", type=int, default=64, help="side of the zoomed crop (default 64)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("synth", help="write a synthetic noisy time-lapse z-stack (OME-TIFF)",
                        description="Write a deterministic fluorescence-like (t, c, z, y, x) stack "

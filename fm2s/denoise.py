@@ -19,19 +19,20 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from itertools import groupby
+from typing import Any
 
 import numpy as np
 import torch
 
-from .noise import median_target, region_means
+from .noise import correlated_normal, median_target, region_means
 from .settings import Settings, make_settings
 from .train import PlaneData, extract_model, fit, group_key, predict
 
 __all__ = ["PlaneResult", "denoise", "denoise_planes", "iter_denoise_planes", "plane_seed",
-           "resolve_device"]
+           "resolve_device", "sure_blend_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class PlaneResult:
     seed: int  # the plane's own seed, from plane_seed(base seed, key)
     key: Hashable  # the plane's identity
     data_range: float  # intensity that was mapped to 1.0
+    #: ``preset="auto"`` (or a blend): the noise estimate used (``estimate``, a
+    #: NoiseEstimate.to_dict()), where it came from (``source``: ``"plane"`` or ``"channel"``),
+    #: the plane's own std estimate (``plane_std_dn``), the resolved ``settings``
+    #: (Settings.to_dict()) and the blend weight (``blend``: 1 = network only). None otherwise.
+    info: dict[str, Any] | None = field(default=None)
 
 
 def plane_seed(seed: int, key: Hashable) -> int:
@@ -151,6 +157,7 @@ def iter_denoise_planes(
     device: str | torch.device = "auto",
     threads: int | None = None,
     data_range: float | None = None,
+    noise_reference: Callable[[Hashable], Any] | None = None,
 ) -> Iterator[PlaneResult]:
     """Denoise 2D planes one after another, yielding each result as soon as it is ready.
 
@@ -171,11 +178,18 @@ def iter_denoise_planes(
         CPU threads for torch (default: torch's own choice).
     data_range : float, optional
         Intensity mapped to 1.0, for every plane (default: from each plane's dtype).
+    noise_reference : callable, optional
+        For ``auto`` settings: ``noise_reference(key)`` gives the reference
+        :class:`fm2s.estimate.NoiseEstimate` of the plane's channel (or None). Each plane's
+        own estimate (cheap: about 0.05 s for 512 x 512) is compared with it
+        (:func:`fm2s.estimate.consistent`): the reference is used when they agree, so planes
+        of one channel share settings (and train together on a GPU), the plane's own estimate
+        when they do not. Default: every plane uses its own estimate.
 
     Yields
     ------
     PlaneResult
-        In input order.
+        In input order; ``info`` holds the estimate and resolved settings of ``auto`` planes.
     """
     settings = settings or make_settings()
     device = resolve_device(device)
@@ -204,7 +218,8 @@ def iter_denoise_planes(
             normalised = (plane.astype(np.float64) / scale).astype(np.float32)
             # Keying on the [0, 1] plane gives a uint16 copy of a uint8 plane (x257) its seed.
             key = next(key_iter) if key_iter is not None else content_key(normalised)
-            yield plane, normalised, scale, key
+            own, info = _plane_settings(plane, settings, key, data_range, noise_reference)
+            yield plane, normalised, scale, key, own, info
 
     pending = prepared()
     while True:
@@ -214,19 +229,66 @@ def iter_denoise_planes(
                 msg = "more keys than planes"
                 raise ValueError(msg)
             return
-        # Consecutive planes with equal batch shapes train together.
-        for _, members in groupby(chunk, key=lambda item: group_key(settings, item[0].shape)):
-            yield from _denoise_group(list(members), settings, seed, device)
+        # Consecutive planes with equal batch shapes and settings train together.
+        for (_, own), members in groupby(
+                chunk, key=lambda item: (group_key(item[4], item[0].shape), item[4])):
+            yield from _denoise_group(list(members), own, seed, device)
+
+
+def _plane_settings(plane, settings, key, data_range, noise_reference):
+    """A plane's effective settings and, for ``auto``, the info recorded with its result."""
+    if not settings.needs_estimate:
+        return settings, None
+    from .estimate import auto_settings, choose_estimate, estimate_noise
+
+    own = estimate_noise(plane, data_range=data_range)
+    reference = noise_reference(key) if noise_reference is not None else None
+    chosen, source = choose_estimate(reference, own)
+    resolved = auto_settings(chosen, settings)
+    info = {"estimate": chosen.to_dict(), "source": source,
+            "plane_std_dn": float(f"{own.std_dn:.6g}"), "settings": resolved.to_dict()}
+    return resolved, info
+
+
+def sure_blend_weight(net, noisy: np.ndarray, clean: np.ndarray, settings: Settings,
+                      quantization_var: float, seed: int, device: torch.device) -> float:
+    """Weight ``w`` in [0, 1] of the network output in ``w * clean + (1 - w) * noisy``.
+
+    Stein's unbiased risk estimate of the blend, for noise of covariance ``C`` (pixel variance
+    ``gain * u + read_var`` at the denoised intensity ``u``, correlated as in
+    :func:`fm2s.noise.correlated_normal`, plus white rounding noise), is minimised by
+    ``w = (tr C - tr(J C)) / ||noisy - clean||^2`` where ``J`` is the network's Jacobian. The
+    trace ``tr(J C)`` is estimated by one Monte-Carlo probe ``p ~ N(0, C)``:
+    ``p . (f(y + eps p) - f(y)) / eps``. The network's dependence on the plane through its
+    training target is neglected. Returns 1 when the model has no noise (nothing to weigh).
+    """
+    variance = np.maximum(settings.gain * clean.astype(np.float64) + settings.read_var, 0.0)
+    total = float(variance.sum() + quantization_var * variance.size)
+    residual = float(((noisy.astype(np.float64) - clean) ** 2).sum())
+    if total <= 0 or residual <= 0:
+        return 1.0
+    gen = torch.Generator().manual_seed(seed ^ 0xB1E4D)
+    probe = correlated_normal(noisy.shape, settings.noise_corr, generator=gen).numpy()
+    probe = probe.astype(np.float64) * np.sqrt(variance)
+    probe += np.sqrt(quantization_var) * torch.randn(noisy.shape, generator=gen).numpy()
+    eps = 0.1  # a tenth of the noise: small enough for a local slope, large enough for float32
+    moved = predict(net, (noisy + eps * probe).astype(np.float32), device)
+    trace = float((probe * (moved.astype(np.float64) - clean)).sum() / eps)
+    weight = (total - trace) / residual
+    return float(np.clip(weight, 0.0, 1.0)) if np.isfinite(weight) else 1.0
 
 
 def _denoise_group(members, settings, seed, device) -> list[PlaneResult]:
     start = time.perf_counter()
     results: list[PlaneResult | None] = [None] * len(members)
     trainable, data = [], []
-    for slot, (plane, noisy, scale, key) in enumerate(members):
+    for slot, (plane, noisy, scale, key, _, info) in enumerate(members):
         if plane.min() == plane.max():
             # A constant plane is its own denoised result (and has no noise to learn from).
-            results[slot] = PlaneResult(plane.copy(), 0.0, plane_seed(seed, key), key, scale)
+            if info is not None:
+                info = {**info, "blend": 0.0}
+            results[slot] = PlaneResult(plane.copy(), 0.0, plane_seed(seed, key), key, scale,
+                                        info)
             continue
         target = median_target(noisy, settings.median_size)
         means = region_means(target, settings.region_size, settings.mean_clamp)
@@ -235,14 +297,22 @@ def _denoise_group(members, settings, seed, device) -> list[PlaneResult]:
         noise_gen = torch.Generator(device=device).manual_seed(own_seed ^ 0x5EED)
         data.append(PlaneData(*(torch.from_numpy(a).to(device) for a in (noisy, target, means)),
                               init_gen, noise_gen))
-        trainable.append((slot, plane, noisy, key, scale, own_seed))
+        trainable.append((slot, plane, noisy, key, scale, own_seed, info))
     if trainable:
         log.debug("training %d plane(s) of shape %s", len(trainable), trainable[0][1].shape)
         net = fit(data, settings, device)
-        for g, (slot, plane, noisy, key, scale, own_seed) in enumerate(trainable):
-            clean = predict(extract_model(net, g), noisy, device)
-            image = _to_dtype(clean.astype(np.float64) * scale, plane.dtype)
-            results[slot] = PlaneResult(image, 0.0, own_seed, key, scale)
+        for g, (slot, plane, noisy, key, scale, own_seed, info) in enumerate(trainable):
+            model = extract_model(net, g)
+            clean = predict(model, noisy, device).astype(np.float64)
+            if settings.blend == "sure":
+                quant = 1.0 / (12.0 * scale**2) if plane.dtype.kind in "ui" else 0.0
+                weight = sure_blend_weight(model, noisy, clean, settings, quant, own_seed,
+                                           device)
+                clean = weight * clean + (1.0 - weight) * noisy
+                info = {**(info or {"settings": settings.to_dict()}),
+                        "blend": float(f"{weight:.6g}")}
+            image = _to_dtype(clean * scale, plane.dtype)
+            results[slot] = PlaneResult(image, 0.0, own_seed, key, scale, info)
     share = (time.perf_counter() - start) / len(members)
     for result in results:
         result.seconds = share
@@ -265,8 +335,9 @@ def denoise(
     threads: int | None = None,
     data_range: float | None = None,
     settings: Settings | None = None,
+    return_info: bool = False,
     **overrides,
-) -> np.ndarray:
+) -> np.ndarray | PlaneResult:
     """Denoise a fluorescence plane with FM2S.
 
     Parameters
@@ -275,7 +346,8 @@ def denoise(
         The noisy plane. Not modified.
     preset : str
         Noise synthesis for a microscope: ``confocal``, ``twophoton``, ``widefield``, ``base``
-        or ``v1``.
+        or ``v1``; or ``auto``: estimated from the plane itself (:func:`fm2s.estimate_noise`,
+        :func:`fm2s.resolve_settings`), for any microscope and noise level.
     seed : int
         Base seed; the same image, settings and seed always give the same result on CPU (with
         the same number of threads: float reductions depend on it).
@@ -290,13 +362,18 @@ def denoise(
         Intensity mapped to 1.0 (default: the dtype's maximum for integers; see module notes).
     settings : Settings, optional
         Complete settings; when given, ``preset``, ``recipe`` and ``overrides`` are not allowed.
+    return_info : bool
+        Return a :class:`PlaneResult` (``image``, ``seed``, ``seconds``, and ``info``: the
+        noise estimate, resolved settings and blend weight of ``auto``) instead of the image.
+        With `channel_axis`, ``info`` is ``{"channels": [info of each channel]}``.
     **overrides
         Fields of :class:`fm2s.settings.Settings`, e.g. ``k_g=150`` or ``steps=200``.
 
     Returns
     -------
-    ndarray
-        The denoised image, with the input's dtype and shape.
+    ndarray or PlaneResult
+        The denoised image, with the input's dtype and shape (or its PlaneResult, see
+        `return_info`).
 
     Raises
     ------
@@ -328,14 +405,18 @@ def denoise(
         msg = "pass either settings or overrides, not both"
         raise ValueError(msg)
     image = np.asarray(image)
+    options = dict(seed=seed, device=device, threads=threads, data_range=data_range)
     if channel_axis is None:
-        return denoise_planes([image], settings, seed=seed, device=device, threads=threads,
-                              data_range=data_range)[0]
+        result = next(iter_denoise_planes([image], settings, **options))
+        return result if return_info else result.image
     if image.ndim != 3:
         msg = f"channel_axis given: expected a (Y, X, C)-like 3D image, got shape {image.shape}"
         raise ValueError(msg)
     axis = channel_axis % image.ndim
     channels = np.moveaxis(image, axis, 0)
-    out = denoise_planes(list(channels), settings, seed=seed, device=device, threads=threads,
-                         data_range=data_range)
-    return np.moveaxis(np.stack(out), 0, axis)
+    results = list(iter_denoise_planes(list(channels), settings, **options))
+    out = np.moveaxis(np.stack([r.image for r in results]), 0, axis)
+    if not return_info:
+        return out
+    return PlaneResult(out, sum(r.seconds for r in results), seed, None,
+                       results[0].data_range, {"channels": [r.info for r in results]})

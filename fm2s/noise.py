@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["median_target", "region_means", "synthesize"]
+__all__ = ["correlation_kernel", "median_target", "region_means", "synthesize",
+           "synthesize_poisson_gaussian"]
 
 
 def median_target(plane: np.ndarray, size: int) -> np.ndarray:
@@ -98,3 +99,70 @@ def synthesize(
     noisy.add_(gauss.mul_(means * (k_g / 255.0))).clamp_(0.0, 1.0)
     noisy = torch.poisson(noisy.mul_(lam_p), generator=generator).div_(lam_p)
     return noisy.clamp_(0.0, 1.0)
+
+
+def correlation_kernel(corr: float) -> np.ndarray:
+    """Gaussian kernel of std `corr` pixels, normalised to unit energy (sum of squares 1).
+
+    Filtering white noise with it keeps the pixel variance and gives neighbouring pixels the
+    correlation of :class:`fm2s.estimate.NoiseEstimate` (``neighbour_corr``). ``corr <= 0``
+    gives the 1 x 1 identity.
+    """
+    if corr <= 0:
+        return np.ones((1, 1))
+    radius = max(1, int(np.ceil(4 * corr)))
+    x = np.arange(-radius, radius + 1)
+    g = np.exp(-(x**2) / (2 * corr**2))
+    kernel = np.outer(g, g)
+    return kernel / np.sqrt((kernel**2).sum())
+
+
+def correlated_normal(shape, corr: float, *, generator: torch.Generator,
+                      device=None, dtype=torch.float32) -> torch.Tensor:
+    """Unit-variance normal noise of `shape` (..., Y, X), correlated by :func:`correlation_kernel`.
+
+    Drawn on a frame larger by the kernel radius on each side and filtered without padding, so
+    borders are as correlated as the middle.
+    """
+    kernel = correlation_kernel(corr)
+    radius = kernel.shape[0] // 2
+    *lead, height, width = shape
+    white = torch.randn((*lead, height + 2 * radius, width + 2 * radius), generator=generator,
+                        device=device, dtype=dtype)
+    if radius == 0:
+        return white
+    weight = torch.as_tensor(kernel, dtype=dtype, device=white.device)[None, None]
+    flat = white.reshape(-1, 1, height + 2 * radius, width + 2 * radius)
+    return torch.nn.functional.conv2d(flat, weight).reshape(*lead, height, width)
+
+
+def synthesize_poisson_gaussian(
+    target: torch.Tensor, *, gain: float, read_var: float, corr: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Draw a noisy copy of ``target`` with the noise model of :mod:`fm2s.estimate`.
+
+    ``z = clamp(c + sqrt(max(gain * c + read_var, 0)) * g, 0, 1)`` with ``g`` unit normal noise
+    correlated by a Gaussian kernel of std ``corr`` pixels: the pixel variance is that of the
+    Poisson-Gaussian fit (normal approximation of the shot noise, which also allows a negative
+    ``read_var``), the spatial correlation that of the real noise.
+
+    Parameters
+    ----------
+    target : Tensor (..., Y, X) of float32
+        Pseudo-clean intensities ``c`` in [0, 1].
+    gain, read_var : float
+        ``a`` ([0, 1] units) and ``b`` ([0, 1]^2 units) of the variance ``a c + b``.
+    corr : float
+        Correlation kernel width in pixels (0: white).
+    generator : torch.Generator
+        On the same device as ``target``.
+
+    Returns
+    -------
+    Tensor, same shape as ``target``
+    """
+    noise = correlated_normal(target.shape, corr, generator=generator, device=target.device,
+                              dtype=target.dtype)
+    std = (target * gain + read_var).clamp_(min=0.0).sqrt_()
+    return noise.mul_(std).add_(target).clamp_(0.0, 1.0)

@@ -121,16 +121,25 @@ def denoise_stack(
             torch_device,
         )  # fmt: skip
         plane_seconds: dict[str, float] = {}
+        plane_infos: dict[str, dict] = {}
+        references = None
+        if settings.needs_estimate:
+            from fm2s.estimate import ChannelReferences
+
+            references = ChannelReferences(stack, data_range)
         bar = tqdm(total=len(keys), unit="plane", desc=input_path.name, disable=not progress)
         with writer, bar:
             results = iter_denoise_planes(
                 planes(), settings, seed=seed, keys=[tuple(k) for k in keys],
                 device=torch_device, threads=threads, data_range=data_range,
+                noise_reference=references,
             )  # fmt: skip
             try:
                 for n, (key, result) in enumerate(zip(keys, results, strict=True), 1):
                     writer.write_plane(key, result.image)
                     plane_seconds[key.label] = result.seconds
+                    if result.info is not None:
+                        plane_infos[key.label] = result.info
                     bar.update(1)
                     logger.info(
                         "%s: plane %d/%d (t,c,z = %s) denoised in %.2f s",
@@ -154,9 +163,19 @@ def denoise_stack(
                 finished=utc_now(),
                 plane_seconds=plane_seconds,
                 pixels_sha256=pixels.hexdigest(),
+                estimate=_estimate_record(references, plane_infos),
             )
             writer.commit(record)
     return output_path
+
+
+def _estimate_record(references, plane_infos):
+    """Provenance ``estimate`` block of an ``auto`` run (None for fixed presets)."""
+    if references is None and not plane_infos:
+        return None
+    from fm2s.estimate import provenance_record
+
+    return provenance_record(references.record() if references else {}, plane_infos)
 
 
 def _describe(device) -> str:

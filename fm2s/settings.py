@@ -20,7 +20,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PRESETS", "RECIPES", "Settings", "make_settings"]
+import numpy as np
+
+__all__ = ["AUTO_FIELDS", "NOISE_MODELS", "PRESETS", "RECIPES", "Settings", "make_settings"]
+
+#: Fields that ``preset="auto"`` chooses from each plane's noise estimate.
+AUTO_FIELDS = ("median_size", "gain", "read_var", "noise_corr")
 
 # Noise synthesis per microscope (reference code v2; "v1" is the single preset of paper v1).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -31,7 +36,20 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "base": dict(channels=6, region_size=5, median_size=3, k_g=60.0, k_p=40.0, lam_p=125.0),
     "v1": dict(channels=2, region_size=75, median_size=3, k_g=200.0, k_p=30.0, lam_p=60.0),
+    # Chosen per plane from its own noise estimate (fm2s.estimate): a Poisson-Gaussian model with
+    # the plane's gain, read variance and spatial correlation, a median window that averages
+    # as many independent noise samples as a 3 x 3 window does on white noise, and a SURE-chosen
+    # blend with the input. The values of AUTO_FIELDS here are placeholders until resolved.
+    "auto": dict(channels=2, region_size=75, median_size=3, k_g=0.0, k_p=30.0, lam_p=70.0,
+                 noise_model="poisson-gaussian", gain=0.0, read_var=0.0, noise_corr=0.0,
+                 blend="sure", auto_fields=AUTO_FIELDS),
 }
+NOISE_MODELS = ("fm2s", "poisson-gaussian")
+_BLENDS = ("none", "sure")
+# Fields added after the first release: written by to_dict only when they differ from their
+# defaults, so the digests (and workflow result names) of existing settings do not change.
+_OPTIONAL = {"noise_model": "fm2s", "gain": 0.0, "read_var": 0.0, "noise_corr": 0.0,
+             "blend": "none", "auto_fields": ()}
 
 # Network and schedule. Step counts are optimiser steps; a "sample" is one fresh noise draw.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -109,6 +127,26 @@ class Settings:
         Arithmetic of the training forward pass. ``bfloat16`` is autocast mixed precision, about
         2x faster on CPUs with AVX-512 and on recent GPUs; ``auto`` uses it where the device
         supports it natively and float32 elsewhere. Inference always runs in float32.
+    noise_model : {'fm2s', 'poisson-gaussian'}
+        ``fm2s``: the paper's three stages with ``k_g``, ``k_p``, ``lam_p`` (every preset but
+        ``auto``). ``poisson-gaussian``: noise of variance ``gain * c + read_var`` (floored at
+        0) correlated by ``noise_corr``; ``k_g``, ``k_p``, ``lam_p`` and the region means are
+        then unused.
+    gain : float
+        Poisson-Gaussian gain ``a`` on the [0, 1] scale (intensity of one photon).
+    read_var : float
+        Poisson-Gaussian signal-independent variance ``b``, [0, 1]^2 units; may be negative
+        (dark offset or clipping), the variance is floored at 0 per pixel.
+    noise_corr : float
+        Std (pixels) of the Gaussian kernel, normalised to unit energy, that spatially
+        correlates the ``poisson-gaussian`` noise; 0 is white noise.
+    blend : {'none', 'sure'}
+        ``sure``: output ``w * net + (1 - w) * input`` with the weight ``w`` in [0, 1] that
+        minimises Stein's unbiased risk estimate under the Poisson-Gaussian model above (needs
+        ``gain``/``read_var``); keeps low-noise planes from being over-smoothed.
+    auto_fields : tuple of str
+        Fields still to be chosen from each plane's noise estimate (see :data:`AUTO_FIELDS`);
+        non-empty only for unresolved ``preset="auto"`` settings.
     """
 
     preset: str = "confocal"
@@ -131,12 +169,24 @@ class Settings:
     crop_size: int = 64
     batch_size: int = 4
     precision: str = "auto"
+    noise_model: str = "fm2s"
+    gain: float = 0.0
+    read_var: float = 0.0
+    noise_corr: float = 0.0
+    blend: str = "none"
+    auto_fields: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
         # Normalise sequences read back from JSON to tuples, so equality and hashing hold.
         object.__setattr__(self, "mean_clamp", tuple(float(v) for v in self.mean_clamp))
         object.__setattr__(self, "lr_milestones", tuple(int(v) for v in self.lr_milestones))
+        object.__setattr__(self, "auto_fields", tuple(str(v) for v in self.auto_fields))
         self._validate()
+
+    @property
+    def needs_estimate(self) -> bool:
+        """True for ``auto`` settings whose noise parameters are still to be estimated."""
+        return bool(self.auto_fields)
 
     def _validate(self):
         def positive_int(name, minimum=1):
@@ -179,6 +229,28 @@ class Settings:
         if self.crop_size == 0 and self.batch_size != 1:
             msg = "settings: full-frame training (crop_size=0) needs batch_size=1"
             raise ValueError(msg)
+        if self.noise_model not in NOISE_MODELS:
+            msg = (f"settings: unknown noise_model {self.noise_model!r}; expected one of "
+                   f"{_choices(NOISE_MODELS)}")
+            raise ValueError(msg)
+        if self.blend not in _BLENDS:
+            msg = f"settings: unknown blend {self.blend!r}; expected one of {_choices(_BLENDS)}"
+            raise ValueError(msg)
+        for name in ("gain", "read_var", "noise_corr"):
+            value = getattr(self, name)
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not np.isfinite(value)):
+                msg = f"settings: {name} must be a finite number, got {value!r}"
+                raise ValueError(msg)
+        if self.gain < 0 or self.noise_corr < 0 or self.noise_corr > 5:
+            msg = (f"settings: gain must be >= 0 and noise_corr in [0, 5], got {self.gain}, "
+                   f"{self.noise_corr}")
+            raise ValueError(msg)
+        unknown = set(self.auto_fields) - set(AUTO_FIELDS)
+        if unknown:
+            msg = (f"settings: auto_fields {_choices(unknown)} cannot be estimated; expected "
+                   f"some of {_choices(AUTO_FIELDS)}")
+            raise ValueError(msg)
 
     @property
     def total_steps(self) -> int:
@@ -190,6 +262,10 @@ class Settings:
         data = dataclasses.asdict(self)
         data["mean_clamp"] = list(self.mean_clamp)
         data["lr_milestones"] = list(self.lr_milestones)
+        data["auto_fields"] = list(self.auto_fields)
+        for name, default in _OPTIONAL.items():
+            if getattr(self, name) == default:
+                del data[name]
         return data
 
     @classmethod
@@ -239,7 +315,10 @@ def make_settings(preset: str = "confocal", recipe: str = "fast", *, _base: Sett
     Parameters
     ----------
     preset : str
-        One of ``confocal``, ``twophoton``, ``widefield``, ``base``, ``v1``.
+        One of ``confocal``, ``twophoton``, ``widefield``, ``base``, ``v1``, or ``auto``:
+        the noise parameters (:data:`AUTO_FIELDS`) are then estimated from each plane when it
+        is denoised (see :func:`fm2s.estimate.resolve_settings`); any of them given as an
+        override is kept as given.
     recipe : str
         One of ``fast`` (default), ``v2``, ``v1``.
     **overrides
@@ -272,8 +351,12 @@ def make_settings(preset: str = "confocal", recipe: str = "fast", *, _base: Sett
         msg = f"unknown setting {_choices(unknown)}; expected one of {_choices(names | {'steps'})}"
         raise ValueError(msg)
     if _base is not None:
-        values = _base.to_dict()
+        values = {f.name: getattr(_base, f.name) for f in dataclasses.fields(Settings)}
     else:
         values = {**RECIPES[recipe], **PRESETS[preset]}
     values.update(overrides, preset=preset, recipe=recipe)
+    if "auto_fields" not in overrides:
+        # An explicit override of an estimated field pins it.
+        pinned = values.get("auto_fields", ())
+        values["auto_fields"] = tuple(f for f in pinned if f not in overrides)
     return Settings(**values)

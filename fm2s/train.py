@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .model import FM2SNet
-from .noise import synthesize
+from .noise import synthesize, synthesize_poisson_gaussian
 from .settings import Settings
 
 __all__ = ["PlaneData", "extract_model", "fit", "learning_rate", "predict", "uses_bfloat16"]
@@ -80,6 +80,14 @@ def _draw_batch(plane: PlaneData, settings: Settings, crop: tuple[int, int]):
     return target, means
 
 
+def _synthesize(target, means, settings: Settings, generator) -> torch.Tensor:
+    if settings.noise_model == "poisson-gaussian":
+        return synthesize_poisson_gaussian(target, gain=settings.gain, read_var=settings.read_var,
+                                           corr=settings.noise_corr, generator=generator)
+    return synthesize(target, means, k_g=settings.k_g, k_p=settings.k_p, lam_p=settings.lam_p,
+                      generator=generator)
+
+
 def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM2SNet:
     """Train one FM2S network per plane, all planes in one grouped forward pass.
 
@@ -125,11 +133,8 @@ def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM
     for _ in range(settings.samples):
         batches = [_draw_batch(p, settings, crop) for p in planes]
         targets = torch.cat([t for t, _ in batches], 1).to(device)
-        noisy = [
-            synthesize(t.to(device), m.to(device), k_g=settings.k_g, k_p=settings.k_p,
-                       lam_p=settings.lam_p, generator=p.noise_generator)
-            for (t, m), p in zip(batches, planes, strict=True)
-        ]
+        noisy = [_synthesize(t.to(device), m.to(device), settings, p.noise_generator)
+                 for (t, m), p in zip(batches, planes, strict=True)]
         inputs = torch.cat(noisy, 1)
         for _ in range(settings.steps_per_sample):
             step(inputs, targets, learning_rate(settings, index))

@@ -47,7 +47,7 @@ def test_grouped_training_matches_training_alone(plane8):
 
     def member(plane, key):
         scale = intensity_range(plane)
-        return plane, (plane / scale).astype(np.float32), scale, key
+        return plane, (plane / scale).astype(np.float32), scale, key, settings, None
 
     planes = [plane8, np.fliplr(plane8).copy()]
     together = _denoise_group([member(p, k) for p, k in zip(planes, "ab", strict=True)],

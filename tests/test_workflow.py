@@ -133,7 +133,8 @@ def test_rerun_does_nothing_and_settings_change_reruns_denoising(main_run):
     assert planned(workdir, cfg) == {}
     changed = config(inputs=cfg["inputs"], denoise={"overrides": {**TINY, "k_g": 150.0}})
     assert planned(workdir, changed) == {
-        "denoise_chunk": 5, "assemble_ome_zarr": 2, "reformat_ome_zarr": 2, "all": 1,
+        "denoise_chunk": 5, "assemble_ome_zarr": 2, "reformat_ome_zarr": 2, "qc_report": 1,
+        "all": 1,
     }  # fmt: skip
     assert planned(workdir, config(inputs=cfg["inputs"], denoise={"seed": 4}))["denoise_chunk"] == 5
 
@@ -142,7 +143,7 @@ def test_output_options_only_rewrite_the_stores(main_run):
     workdir, cfg, _, _ = main_run
     before = open_ome_zarr(workdir / "results/cells.denoised.ome.zarr")[0][0].compute()
     changed = config(inputs=cfg["inputs"], output={"levels": 2, "ngff_version": "0.5"})
-    assert planned(workdir, changed) == {"reformat_ome_zarr": 2, "all": 1}
+    assert planned(workdir, changed) == {"reformat_ome_zarr": 2, "qc_report": 1, "all": 1}
     run(workdir, config=changed)
     levels, attrs = open_ome_zarr(workdir / "results/cells.denoised.ome.zarr")
     assert attrs["version"] == "0.5" and len(levels) == 2
@@ -183,6 +184,7 @@ def test_acquisition_folder_new_file_alone_quiet_period_and_vanished_input(tmp_p
         ("denoise_chunk", ".fm2s/chunks/day2/chunk-0.npz"),
         ("assemble_ome_zarr", "day2.denoised.ome.zarr"),
         ("reformat_ome_zarr", ".fm2s/format/day2.json"),
+        ("qc_report", "qc/report.html"),
     ]  # fmt: skip
     assert (tmp_path / "results/day1.denoised.ome.zarr").is_dir()
     assert not (tmp_path / "results/day3.denoised.ome.zarr").exists()
@@ -232,7 +234,7 @@ def test_lint_demo_and_settings_folder(tmp_path):
     default = yaml.safe_load((REPO / "config/config.yaml").read_text())
     assert planned(tmp_path, default) == {
         "synth_demo": 1, "denoise_chunk": 2, "assemble_ome_zarr": 1, "reformat_ome_zarr": 1,
-        "all": 1,
+        "qc_report": 1, "all": 1,
     }  # fmt: skip
     settings = make_settings(**default["demo"]["overrides"])
     output = run(tmp_path, "-n", config={**default, "output": {"by_settings": True}})

@@ -26,6 +26,7 @@ validate(config, "../schemas/config.schema.yaml")
 
 DENOISE, OUTPUT, DEMO = config["denoise"], config["output"], config["demo"]
 READING, ACQUISITION = config["reading"], config["acquisition"]
+QC = config["report"]
 
 # --- inputs -------------------------------------------------------------------------------------
 
@@ -113,6 +114,7 @@ OUT = os.path.normpath(OUT)
 STORE = f"{OUT}/{{name}}.denoised.ome.zarr"
 CHUNK = f"{OUT}/.fm2s/chunks/{{name}}/chunk-{{chunk}}.npz"
 FORMAT = f"{OUT}/.fm2s/format/{{name}}.json"
+REPORT = f"{OUT}/qc/report.html"
 
 
 
@@ -204,6 +206,9 @@ def source_stamp(wildcards):
 
 
 def all_targets():
-    return [STORE.format(name=name) for name in INPUTS] + [
-        FORMAT.format(name=name) for name in INPUTS
-    ]
+    qc_page = [REPORT] if QC["enabled"] and INPUTS else []
+    return (
+        [STORE.format(name=name) for name in INPUTS]
+        + [FORMAT.format(name=name) for name in INPUTS]
+        + qc_page
+    )

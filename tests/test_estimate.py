@@ -1,0 +1,244 @@
+"""Noise estimation (fm2s.estimate) and preset="auto": accuracy, edge cases, provenance."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import signal
+
+import fm2s
+from fm2s.estimate import (
+    ChannelReferences,
+    auto_settings,
+    channel_reference_keys,
+    consistent,
+    estimate_noise,
+    median_window,
+    resolve_settings,
+)
+from fm2s.noise import correlation_kernel
+from fm2s.settings import AUTO_FIELDS, Settings, make_settings
+from fm2s.synthetic import clean_plane
+
+# Stated tolerances (docs/noise-estimation.md): on 256 x 256 planes with structure, the noise
+# std at the plane's mean within 12 %, the gain within 15 % where shot noise dominates, the
+# correlation width within 0.15 px, and white noise found white (neighbour correlation < 0.1).
+STD_TOL, GAIN_TOL, CORR_TOL = 0.12, 0.15, 0.15
+FAST = dict(steps=8, crop_size=24, batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return clean_plane((256, 256), seed=1)
+
+
+def make_noisy(clean, photons, read, corr=0.0, dtype=np.uint16, seed=0):
+    """Poisson-Gaussian noise (normal approximation) of variance clean/photons + read^2."""
+    rng = np.random.default_rng(seed)
+    pad = 24
+    white = rng.normal(size=(clean.shape[0] + 2 * pad, clean.shape[1] + 2 * pad))
+    noise = signal.fftconvolve(white, correlation_kernel(corr), mode="same")[pad:-pad, pad:-pad]
+    values = clean + np.sqrt(clean / photons + read**2) * noise
+    top = np.iinfo(dtype).max
+    return np.clip(np.rint(values * top), 0, top).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    ("photons", "read", "corr", "dtype"),
+    [
+        (30, 0.02, 0.0, np.uint16),
+        (100, 0.01, 0.0, np.uint16),
+        (300, 0.005, 0.0, np.uint8),
+        (1e6, 0.02, 0.0, np.uint16),  # read noise only
+        (30, 0.02, 0.7, np.uint16),  # wide-field-like correlation (neighbours ~0.6)
+        (200, 0.01, 0.7, np.uint8),
+        (50, 0.01, 1.0, np.uint16),
+    ],
+)
+def test_recovers_known_noise(clean, photons, read, corr, dtype):
+    est = estimate_noise(make_noisy(clean, photons, read, corr, dtype))
+    true_std = np.sqrt(est.mean / photons + read**2)
+    assert est.std == pytest.approx(true_std, rel=STD_TOL)
+    if photons <= 300:  # shot noise dominates: the gain is identifiable
+        assert est.gain == pytest.approx(1 / photons, rel=GAIN_TOL)
+    if corr > 0:
+        assert est.corr == pytest.approx(corr, abs=CORR_TOL)
+    else:
+        assert est.neighbour_corr < 0.1
+    # DN units: the same fit times the data range
+    assert est.gain_dn == pytest.approx(est.gain * est.data_range)
+    assert est.read_var_dn == pytest.approx(est.read_var * est.data_range**2)
+    assert est.std_dn == pytest.approx(est.std * est.data_range)
+
+
+def test_multiscale_sees_correlated_variance(clean):
+    """A pixel-level estimate would see a fraction of correlated noise; this one sees it all."""
+    est = estimate_noise(make_noisy(clean, 1e6, 0.03, corr=0.7))
+    assert est.std == pytest.approx(0.03, rel=STD_TOL)
+    assert 0.5 < est.neighbour_corr < 0.7 and est.lowfreq_gain > 4
+
+
+def test_estimate_is_finite_on_degenerate_planes():
+    dark = np.zeros((64, 64), np.uint8)
+    constant = np.full((64, 64), 77, np.uint16)
+    saturated = np.full((64, 64), 255, np.uint8)
+    saturated[::7, ::5] = 200
+    sparse = np.zeros((64, 64), np.uint8)
+    sparse[3, 4] = 9
+    for plane in (dark, constant, saturated, sparse, np.zeros((32, 40), np.float32)):
+        est = estimate_noise(plane)
+        values = [v for v in est.to_dict().values() if isinstance(v, float)]
+        assert np.isfinite(values).all()
+        assert est.gain >= 0 and est.std >= 0
+    assert estimate_noise(constant).levels == 0 and estimate_noise(constant).std == 0
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((8, 64)), "too small"),
+        (np.zeros((16, 16, 3)), "2D plane"),
+        (np.zeros((32, 32), bool), "unsupported dtype"),
+        (np.full((32, 32), np.nan), "NaN"),
+        (-np.ones((32, 32)), "negative"),
+    ],
+)
+def test_estimate_rejects_bad_input(image, message):
+    with pytest.raises(ValueError, match=message):
+        estimate_noise(image)
+
+
+def test_estimate_rejects_bad_data_range():
+    with pytest.raises(ValueError, match="data_range"):
+        estimate_noise(np.zeros((32, 32), np.uint8), data_range=0)
+
+
+def test_auto_maps_estimate_to_settings(clean):
+    white = estimate_noise(make_noisy(clean, 50, 0.01))
+    correlated = estimate_noise(make_noisy(clean, 1e6, 0.03, corr=0.7))
+    s = auto_settings(white)
+    assert s.preset == "auto" and not s.needs_estimate and s.noise_model == "poisson-gaussian"
+    assert (s.gain, s.read_var, s.noise_corr) == (white.gain, white.read_var, white.corr)
+    assert s.median_size == 3 and median_window(correlated) in (7, 9)
+    assert auto_settings(correlated).median_size == median_window(correlated)
+
+
+def test_auto_overrides_are_kept(clean):
+    settings = make_settings("auto", median_size=5, steps=10)
+    assert "median_size" not in settings.auto_fields and settings.needs_estimate
+    resolved, _ = resolve_settings(make_noisy(clean, 1e6, 0.03, corr=0.7), settings)
+    assert resolved.median_size == 5 and resolved.noise_corr > 0.5
+
+
+def test_settings_round_trip_and_old_digests_unchanged():
+    auto = make_settings("auto")
+    assert set(auto.auto_fields) == set(AUTO_FIELDS)
+    assert Settings.from_json(auto.to_json()) == auto
+    # Fields added for auto are left out of a preset's dict, so existing digests are unchanged.
+    confocal = make_settings("confocal")
+    assert "noise_model" not in confocal.to_dict() and "auto_fields" not in confocal.to_dict()
+    with pytest.raises(ValueError, match="auto_fields"):
+        make_settings("auto", auto_fields=("k_g",))
+    with pytest.raises(ValueError, match="noise_model"):
+        make_settings("confocal", noise_model="gamma")
+
+
+@pytest.mark.parametrize("kind", ["dark", "constant", "saturated", "sparse", "float"])
+def test_auto_denoise_never_nan_on_degenerate_planes(kind):
+    plane = {
+        "dark": np.zeros((40, 40), np.uint8),
+        "constant": np.full((40, 40), 1000, np.uint16),
+        "saturated": np.where(np.indices((40, 40)).sum(0) % 9 == 0, 250, 255).astype(np.uint8),
+        "sparse": np.pad(np.ones((2, 2), np.uint8) * 3, 19),
+        "float": np.linspace(0, 1, 1600, dtype=np.float32).reshape(40, 40),
+    }[kind]
+    result = fm2s.denoise(plane, preset="auto", device="cpu", return_info=True, **FAST)
+    assert result.image.dtype == plane.dtype and result.image.shape == plane.shape
+    assert np.isfinite(result.image.astype(np.float64)).all()
+    json.dumps(result.info, allow_nan=False)  # finite, JSON-able info
+
+
+def test_auto_denoise_info_and_determinism(clean):
+    noisy = make_noisy(clean[:64, :64], 40, 0.01, dtype=np.uint8)
+    first = fm2s.denoise(noisy, preset="auto", seed=3, device="cpu", threads=1,
+                         return_info=True, **FAST)
+    again = fm2s.denoise(noisy, preset="auto", seed=3, device="cpu", threads=1, **FAST)
+    np.testing.assert_array_equal(first.image, again)
+    info = first.info
+    assert info["source"] == "plane" and 0.0 <= info["blend"] <= 1.0
+    assert info["settings"]["noise_model"] == "poisson-gaussian"
+    assert info["estimate"]["std_dn"] > 0
+    resolved, est = resolve_settings(noisy, recipe="fast", **FAST)
+    assert resolved.to_dict() == info["settings"] and est.to_dict() == info["estimate"]
+    # the resolved settings reproduce the same image
+    np.testing.assert_array_equal(
+        fm2s.denoise(noisy, settings=resolved, seed=3, device="cpu", threads=1), first.image)
+
+
+def test_channel_reference_and_check(clean):
+    keys = [(t, c, z) for t in range(3) for c in range(2) for z in range(5)]
+    assert channel_reference_keys(keys) == {0: (0, 0, 2), 1: (0, 1, 2)}
+    same = [estimate_noise(make_noisy(clean, 50, 0.01, seed=s)) for s in (1, 2)]
+    assert consistent(same[0], same[1])
+    brighter = estimate_noise(make_noisy(clean, 10, 0.01))
+    correlated = estimate_noise(make_noisy(clean, 50, 0.01, corr=0.8))
+    assert not consistent(same[0], brighter) and not consistent(same[0], correlated)
+
+
+def test_stack_uses_one_estimate_per_channel(clean):
+    class Stack:  # the two methods ChannelReferences needs
+        def __init__(self):
+            self.reads = []
+
+        def plane_keys(self):
+            return [(t, 0, 0) for t in range(4)]
+
+        def read_plane(self, key):
+            self.reads.append(tuple(key))
+            return make_noisy(clean[:128, :128], 40, 0.01, dtype=np.uint8, seed=key[0])
+
+    stack = Stack()
+    refs = ChannelReferences(stack)
+    planes = [stack.read_plane(k) for k in stack.plane_keys()]
+    results = list(fm2s.iter_denoise_planes(planes, make_settings("auto", **FAST), device="cpu",
+                                            keys=stack.plane_keys(), noise_reference=refs))
+    assert stack.reads.count((0, 0, 0)) == 2  # once as a plane, once as the reference
+    assert [r.info["source"] for r in results] == ["channel"] * 4
+    assert {json.dumps(r.info["settings"], sort_keys=True) for r in results} == {
+        json.dumps(results[0].info["settings"], sort_keys=True)}
+    assert refs.record()["0"]["plane"] == "0,0,0"
+
+
+def test_auto_recorded_in_provenance_and_independent_of_chunking(tmp_path):
+    import tifffile
+
+    from fm2s._provenance import format_provenance, provenance
+    from fm2s.chunks import assemble_chunks, denoise_chunk, synthetic_stack
+    from fm2s.ome import open_ome_zarr
+    from fm2s.pipeline import denoise_stack
+
+    source = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(source, synthetic_stack(1, 2, 3, 32, seed=5), ome=True,
+                     metadata={"axes": "TCZYX"})
+    settings = make_settings("auto", steps=2, crop_size=16, batch_size=1)
+    direct = denoise_stack(source, tmp_path / "direct.ome.zarr", settings=settings, seed=7,
+                           device="cpu", progress=False)
+    record = provenance(direct)
+    estimate = record["estimate"]
+    assert record["settings"] == settings.to_dict()  # as requested; the choices follow
+    assert set(estimate["references"]) == {"0", "1"}
+    assert estimate["references"]["1"]["plane"] == "0,1,1"
+    assert set(estimate["planes"]) == {f"0,{c},{z}" for c in range(2) for z in range(3)}
+    plane = estimate["planes"]["0,1,2"]
+    assert plane["source"] in ("channel", "plane") and 0 <= plane["blend"] <= 1
+    assert plane["median_size"] >= 3 and plane["plane_std_dn"] > 0
+    assert "noise:     channel 0" in format_provenance(direct)
+
+    parts = [tmp_path / f"chunk-{i}.npz" for i in range(2)]
+    denoise_chunk(source, parts[0], settings=settings, start=0, stop=4, seed=7)
+    denoise_chunk(source, parts[1], settings=settings, start=4, stop=6, seed=7)
+    out = assemble_chunks(source, parts, tmp_path / "chunked.ome.zarr", settings=settings,
+                          seed=7)
+    for a, b in zip(open_ome_zarr(out)[0], open_ome_zarr(direct)[0], strict=True):
+        np.testing.assert_array_equal(a.compute(), b.compute())
+    assert provenance(out)["estimate"] == estimate
