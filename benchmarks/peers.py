@@ -8,10 +8,13 @@ noisy     the input itself
 median    3 x 3 median filter (``scipy.ndimage.median_filter``, reflect borders)
 bm3d      BM3D (``bm3d`` package, default profile) on the generalized Anscombe transform of
           the image (Makitalo & Foi 2013, closed-form unbiased inverse), with the
-          Poisson-Gaussian parameters fitted blindly on the image itself (:func:`fit_noise`)
+          Poisson-Gaussian noise fitted blindly on the image itself by fm2s's estimator
+          (``fm2s.estimate.estimate_noise``: gain, read variance and the width of a Gaussian
+          spatial correlation, see docs/noise-estimation.md), BM3D being given the PSD of that
+          correlation
 nlm       non-local means (``skimage.restoration.denoise_nl_means``, fast mode, 5 x 5 patches,
           search distance 6, h = 0.8 sigma: the parameters of skimage's own example) on the
-          same transform
+          same transform (white noise of unit variance assumed)
 n2v2      Noise2Void 2 from CAREamics 0.3.5 at its documented defaults
           (``create_n2v_config(..., patch_size=[64, 64], batch_size=32, use_n2v2=True)``:
           30 epochs, flips and rotations, 8 validation patches), trained on the image itself
@@ -29,9 +32,10 @@ with one thread (``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``). ``seconds
 wall time of denoising one plane (for bm3d and nlm with the noise fit and the transforms;
 for n2v2 training plus prediction), measured inside the worker. ``peak_rss_mb`` is the
 worker's peak resident memory after that plane (``resource.getrusage(RUSAGE_SELF)
-.ru_maxrss``): it includes the interpreter and the method's libraries (torch for fm2s and
-n2v2). ``load`` is the 1-minute load average when the plane finished: on a shared machine
-times are inflated, and the table says so.
+.ru_maxrss``): it includes the interpreter and the method's libraries (torch, about 300 MB,
+for fast, v2 and n2v2, and also for nlm and bm3d, whose noise fit imports fm2s). ``load`` is
+the 1-minute load average when the plane finished: on a shared machine times are inflated,
+and the table says so.
 
 Run (resumable: rows are appended to the CSV as they finish and rows already there are
 skipped; images are taken one per configuration in turn, so a partial run covers every
@@ -106,46 +110,6 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_T
 # -- noise model and variance-stabilising transform -------------------------------------------
 
 
-def fit_noise(image: np.ndarray, *, levels: int = 16) -> tuple[float, float]:
-    """Blind fit of ``var(z | u) = a * u + b`` (Poisson-Gaussian noise) to a single image.
-
-    A simplified level-set fit after Foi et al. (IEEE TIP 17(10), 2008): a 3 x 3 high-pass
-    (second differences in x times second differences in y, scaled to keep white-noise
-    variance; it cancels locally linear signal) isolates the noise, a 5 x 5 local mean gives
-    the signal level; pixels are grouped into `levels` quantile bins of that level, the noise
-    variance of each bin is taken robustly (squared 1.4826 x median absolute deviation), and
-    ``(a, b)`` is the least-squares line through the bins, weighted by their size. Pixels
-    near 0 or 255 (clipped) are left out. Assumes white noise.
-
-    Returns
-    -------
-    (a, b)
-        Gain (DN per photon) and signal-independent variance (DN^2; may be negative).
-    """
-    from scipy import ndimage
-
-    z = image.astype(np.float64)
-    kernel = np.outer([1.0, -2.0, 1.0], [1.0, -2.0, 1.0]) / 6.0  # unit L2 norm
-    detail = ndimage.convolve(z, kernel, mode="reflect")
-    level = ndimage.uniform_filter(z, 5, mode="reflect")
-    unclipped = (ndimage.minimum_filter(z, 5) > 0) & (ndimage.maximum_filter(z, 5) < 255)
-    level, detail = level[unclipped], detail[unclipped]
-    edges = np.quantile(level, np.linspace(0, 1, levels + 1))
-    means, variances, weights = [], [], []
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
-        inside = (level >= low) & (level <= high)
-        if inside.sum() < 200:
-            continue
-        d = detail[inside]
-        variances.append((1.4826 * np.median(np.abs(d - np.median(d)))) ** 2)
-        means.append(level[inside].mean())
-        weights.append(inside.sum())
-    w = np.sqrt(np.asarray(weights, dtype=np.float64))
-    design = np.stack([np.asarray(means), np.ones(len(means))], axis=1)
-    (a, b), *_ = np.linalg.lstsq(design * w[:, None], np.asarray(variances) * w, rcond=None)
-    return max(float(a), 1e-3), float(b)
-
-
 def anscombe(z: np.ndarray, a: float, b: float) -> np.ndarray:
     """Generalized Anscombe transform of ``z`` with ``var = a * u + b``: noise std ~ 1."""
     return 2.0 * np.sqrt(np.maximum(z / a + 3.0 / 8.0 + b / a**2, 0.0))
@@ -164,24 +128,45 @@ def inverse_anscombe(d: np.ndarray, a: float, b: float) -> np.ndarray:
 
 
 def _vst(denoise_gaussian):
-    """A Gaussian denoiser (unit noise) turned into a Poisson-Gaussian one through the VST."""
+    """A denoiser of unit-variance Gaussian noise (given the noise's correlation width) turned
+    into a Poisson-Gaussian one through the generalized Anscombe transform, with the noise
+    fitted blindly on the image by :func:`fm2s.estimate.estimate_noise`."""
 
     def run(noisy: np.ndarray, group: str) -> np.ndarray:
-        a, b = fit_noise(noisy)
-        return inverse_anscombe(denoise_gaussian(anscombe(noisy.astype(np.float64), a, b)), a, b)
+        from fm2s.estimate import estimate_noise
+
+        noise = estimate_noise(noisy)
+        a, b = max(noise.gain_dn, 1e-3), noise.read_var_dn  # a = 0: Gaussian noise only
+        stabilised = anscombe(noisy.astype(np.float64), a, b)
+        return inverse_anscombe(denoise_gaussian(stabilised, noise.corr), a, b)
 
     return run
 
 
-def _bm3d(d: np.ndarray) -> np.ndarray:
+def correlated_psd(shape: tuple[int, int], corr: float) -> np.ndarray | float:
+    """BM3D's noise PSD (its convention: ``sigma**2 * M * N`` for white noise) of unit-variance
+    noise correlated by a Gaussian kernel of std `corr` pixels (1.0, i.e. white, for 0)."""
+    if corr <= 0:
+        return 1.0
+    radius = int(np.ceil(4 * corr))
+    y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    kernel = np.exp(-(x**2 + y**2) / (2 * corr**2))
+    kernel /= np.sqrt((kernel**2).sum())
+    return np.abs(np.fft.fft2(kernel, s=shape)) ** 2 * shape[0] * shape[1]
+
+
+def _bm3d(d: np.ndarray, corr: float) -> np.ndarray:
     import bm3d
 
-    return bm3d.bm3d(d, sigma_psd=1.0)
+    if not hasattr(np, "trapz"):  # bm4d 4.2.5, the latest, reads coloured PSDs with it
+        np.trapz = np.trapezoid  # noqa: NPY201  (gone in NumPy 2.4; the same function)
+    return bm3d.bm3d(d, sigma_psd=correlated_psd(d.shape, corr))
 
 
-def _nlm(d: np.ndarray) -> np.ndarray:
+def _nlm(d: np.ndarray, corr: float) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
+    # NLM has no model of correlated noise: the unit variance is all it is told.
     return denoise_nl_means(d, h=0.8, sigma=1.0, fast_mode=True, patch_size=5,
                             patch_distance=6)
 
@@ -356,6 +341,7 @@ def summary(path: Path) -> str:
                 entries.append(f"{psnr:.2f} / {ssim:.3f} ({len(members)})")
             if any(entries):
                 lines.append(f"| {level} | {method} | " + " | ".join(entries) + " |")
+    lines += ["", *paired(rows, methods)]
     lines += ["", "| method | planes timed | s per plane (median) | peak RSS (MB) | "
               "load average while timed |", "|---|---|---|---|---|"]
     for method in methods:
@@ -366,6 +352,29 @@ def summary(path: Path) -> str:
         lines.append(f"| {method} | {len(members)} | {np.median(seconds):.2f} | {peak:.0f} | "
                      f"{min(loads):.1f}-{max(loads):.1f} |")
     return "\n".join(lines)
+
+
+def paired(rows: list[dict], methods: list[str]) -> list[str]:
+    """Mean PSNR of every method on exactly the images of each method run on a subset, per
+    level (all microscopes together): the fair comparison for the subsets."""
+    score = {(r["level"], r["image"], r["method"]): float(r["psnr"]) for r in rows}
+    counts = {m: sum(r["method"] == m for r in rows) for m in methods}
+    lines = []
+    for subset in (m for m in methods if counts[m] < max(counts.values())):
+        lines += [f"PSNR on the images of {subset} only:", "",
+                  "| level | images | " + " | ".join(methods) + " |",
+                  "|---|---|" + "---|" * len(methods)]
+        for level in LEVELS:
+            images = [i for (lv, i, m) in score if lv == level and m == subset]
+            if not images:
+                continue
+            cells = []
+            for m in methods:
+                values = [score.get((level, i, m)) for i in images]
+                cells.append(f"{np.mean(values):.2f}" if None not in values else "")
+            lines.append(f"| {level} | {len(images)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage, signal, stats
 
 from .noise import correlation_kernel
 
@@ -56,6 +56,10 @@ _HIGHPASS = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
 _MAD_TO_STD = 1.4826  # std of a normal distribution / its median absolute deviation
 _LEVELS = 16  # level sets per scale (at most)
 _MIN_COUNT = 64  # fewest high-pass samples for a level set to count
+_WINDOW = 7  # side (binned samples) of the windows whose high-pass energy is measured
+_CORR_QUANTILE = 0.25
+_FIT_SCALE1 = False
+_QUANTILE = 0.25  # quantile of the window energies taken in each level set
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,14 @@ class NoiseEstimate:
                 for k, v in dataclasses.asdict(self).items()}
 
 
+def _chain_kernel(corr: float, scale: int) -> np.ndarray:
+    """Pixel-grid kernel of the chain white noise -> correlation -> binning -> high-pass."""
+    box = np.full((scale, scale), 1.0 / scale**2)
+    dilated = np.zeros((2 * scale + 1, 2 * scale + 1))
+    dilated[::scale, ::scale] = _HIGHPASS
+    return signal.convolve2d(signal.convolve2d(correlation_kernel(corr), box), dilated)
+
+
 @cache
 def _chain_gain(corr: float, scale: int) -> float:
     """Variance of high-pass output per unit pixel variance of the correlated noise.
@@ -137,11 +149,33 @@ def _chain_gain(corr: float, scale: int) -> float:
     block mean -> 3 x 3 high-pass on the binned grid (= the high-pass dilated by `scale` on
     the pixel grid). The output variance is the energy of the composed kernel.
     """
-    box = np.full((scale, scale), 1.0 / scale**2)
-    dilated = np.zeros((2 * scale + 1, 2 * scale + 1))
-    dilated[::scale, ::scale] = _HIGHPASS
-    kernel = signal.convolve2d(signal.convolve2d(correlation_kernel(corr), box), dilated)
-    return float((kernel**2).sum())
+    return float((_chain_kernel(corr, scale) ** 2).sum())
+
+
+@cache
+def _quantile_factor(corr: float, scale: int, window: int = 0, quantile: float = -1.0) -> float:
+    """The `quantile` of a noise-only window energy, relative to its mean.
+
+    A window energy is the mean of the squared high-pass over ``window x window`` samples of
+    the binned grid. For Gaussian noise it is a weighted sum of chi-square variables; it is
+    approximated by the gamma distribution of the same mean and variance (Welch-Satterthwaite),
+    whose variance follows exactly from the autocorrelation of the chain's kernel (high-pass
+    samples overlap, and correlated noise correlates them further).
+    """
+    window = window or _WINDOW
+    quantile = _QUANTILE if quantile < 0 else quantile
+    kernel = _chain_kernel(corr, scale)
+    auto = signal.correlate2d(kernel, kernel)  # autocorrelation on the pixel grid
+    centre = auto.shape[0] // 2
+    lags = np.arange(-(window - 1), window)
+    total = 0.0
+    for ly in lags:
+        for lx in lags:
+            y, x = centre + scale * ly, centre + scale * lx
+            if 0 <= y < auto.shape[0] and 0 <= x < auto.shape[1]:
+                total += (window - abs(ly)) * (window - abs(lx)) * auto[y, x] ** 2
+    dof = window**4 * auto[centre, centre] ** 2 / total
+    return float(stats.gamma.ppf(quantile, dof / 2.0, scale=2.0 / dof))
 
 
 def _lowfreq_gain(corr: float) -> float:
@@ -172,12 +206,19 @@ def _level_sets(plane: np.ndarray, valid: np.ndarray, scale: int):
     if min(binned.shape) < 3:
         return []
     hp = ndimage.correlate(binned, _HIGHPASS, mode="reflect")[1:-1, 1:-1]
-    mean = ndimage.uniform_filter(binned, 3, mode="reflect")[1:-1, 1:-1]
-    ok = ndimage.minimum_filter(ok.astype(np.uint8), 3, mode="nearest")[1:-1, 1:-1] == 1
-    hp, mean = hp[ok], mean[ok]
-    if hp.size < _MIN_COUNT:
+    if min(hp.shape) < _WINDOW:
         return []
-    levels = int(np.clip(hp.size // (2 * _MIN_COUNT), 1, _LEVELS))  # fewer on small planes
+    cut = _WINDOW // 2
+    inner = (slice(cut, hp.shape[0] - cut), slice(cut, hp.shape[1] - cut))
+    # Energy of the high-pass in each window, and the signal level over the window's support.
+    energy = ndimage.uniform_filter(hp * hp, _WINDOW, mode="reflect")[inner]
+    mean = ndimage.uniform_filter(binned, _WINDOW + 2, mode="reflect")[1:-1, 1:-1][inner]
+    ok = ndimage.minimum_filter(ok.astype(np.uint8), _WINDOW + 2, mode="nearest")
+    ok = ok[1:-1, 1:-1][inner] == 1
+    energy, mean = energy[ok], mean[ok]
+    if energy.size < _MIN_COUNT:
+        return []
+    levels = int(np.clip(energy.size // (2 * _MIN_COUNT), 1, _LEVELS))  # fewer on small planes
     edges = np.unique(np.quantile(mean, np.linspace(0.0, 1.0, levels + 1)))
     which = np.clip(np.searchsorted(edges, mean, side="right") - 1, 0, max(len(edges) - 2, 0))
     out = []
@@ -186,9 +227,10 @@ def _level_sets(plane: np.ndarray, valid: np.ndarray, scale: int):
         count = int(members.sum())
         if count < _MIN_COUNT:
             continue
-        values = hp[members]
-        mad = np.median(np.abs(values - np.median(values)))
-        out.append((float(mean[members].mean()), float((_MAD_TO_STD * mad) ** 2), count))
+        # A low quantile of the window energies: windows on texture or edges have more
+        # energy than noise alone and fall above it.
+        out.append((float(mean[members].mean()),
+                    float(np.quantile(energy[members], _QUANTILE)), count))
     return out
 
 
@@ -289,26 +331,34 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
 
 
 def _fit(rows, quant: float):
-    """Weighted least squares of every level-set variance for (a, b), best `corr` on a grid."""
+    """Weighted least squares of the level-set energies for (a, b) at the `corr` of the data.
+
+    `corr` is chosen by comparing the scales (:func:`_choose_corr`); then ``(a, b)`` is solved
+    in closed form over all level sets.
+    """
     scales = np.array([r[0] for r in rows])
     means = np.array([r[1] for r in rows])
     var = np.array([r[2] for r in rows])
     count = np.array([r[3] for r in rows], dtype=np.float64)
     # Rounding noise is white: its share at scale s is quant * 36 / s^2.
-    white = np.array([_chain_gain(0.0, int(s)) for s in scales]) * quant
-    target = var - white
+    white0 = np.array([_chain_gain(0.0, int(s)) for s in scales]) * quant
     # A variance estimate from n samples has relative error ~ sqrt(2/n): weight by count / var^2.
     weight = count / np.maximum(var, 1e-20) ** 2
+    chosen = _choose_corr(scales, means, var, quant)
     best = None
-    for corr in CORR_GRID:
-        gain = np.array([_chain_gain(float(corr), int(s)) for s in scales])
+    for corr in (CORR_GRID if chosen is None else (chosen,)):
+        factor = np.array([_quantile_factor(float(corr), int(s)) for s in scales])
+        gain = np.array([_chain_gain(float(corr), int(s)) for s in scales]) * factor
+        white = white0 * factor
+        target = var - white
+        use = weight * (scales == 1) if (chosen is not None and _FIT_SCALE1) else weight
         design = np.stack([gain * means, gain], axis=1)
-        sw = np.sqrt(weight)
+        sw = np.sqrt(use)
         coef, *_ = np.linalg.lstsq(design * sw[:, None], target * sw, rcond=None)
         a, b = coef
         if a < 0:  # no shot noise: fit b alone
             a = 0.0
-            b = float((weight * gain * target).sum() / (weight * gain * gain).sum())
+            b = float((use * gain * target).sum() / (use * gain * gain).sum())
         # The modelled variance must be >= 0 over the fitted range.
         b = max(b, -a * float(means.min()))
         model = gain * (a * means + b) + white
@@ -320,6 +370,35 @@ def _fit(rows, quant: float):
     if best is None or not np.isfinite(best[1:3]).all():
         return None
     return best[1], best[2], best[3], best[4]
+
+
+def _choose_corr(scales, means, var, quant: float):
+    """Correlation width from the ratio of the scale-2 to the scale-1 energies, or None.
+
+    For each candidate width, the scale-1 level sets give the pixel variance at their
+    intensities; interpolated to the scale-2 level sets it predicts their energies. Texture
+    adds energy to both scales, but relatively more to the coarser one (its spectrum falls
+    with frequency), so on textured level sets the observed/predicted ratio exceeds 1 at the
+    true width, which would make the noise look correlated. The width is therefore set by
+    the least textured level sets: the one where a low quantile of the ratios is 1.
+    """
+    one, two = scales == 1, scales == 2
+    if one.sum() < 2 or two.sum() < 2:
+        return None
+    order = np.argsort(means[one])
+    m1, e1 = means[one][order], var[one][order]
+    m2, e2 = means[two], var[two]
+    stat = []
+    for corr in CORR_GRID:
+        f1, f2 = _quantile_factor(float(corr), 1), _quantile_factor(float(corr), 2)
+        g1, g2 = _chain_gain(float(corr), 1), _chain_gain(float(corr), 2)
+        w1, w2 = _chain_gain(0.0, 1) * quant, _chain_gain(0.0, 2) * quant
+        pixel = np.maximum(e1 / f1 - w1, 0.0) / g1
+        predicted = f2 * (g2 * np.interp(m2, m1, pixel) + w2)
+        ratio = e2 / np.maximum(predicted, 1e-30)
+        stat.append(float(np.quantile(ratio, _CORR_QUANTILE)))
+    stat = np.log(np.maximum(np.array(stat), 1e-30))
+    return float(CORR_GRID[int(np.argmin(np.abs(stat)))])
 
 
 # -- from an estimate to settings ---------------------------------------------------------------
