@@ -21,6 +21,6 @@ demo: setup
 	$(BIN)/snakemake --cores 2
 
 test: setup
-	$(BIN)/ruff check fm2s tests benchmarks
+	$(BIN)/ruff check fm2s tests benchmarks tools
 	$(BIN)/python -m pytest -q -m "not slurm"
 	$(BIN)/python -m pytest -q -m slurm -rs
