@@ -35,6 +35,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import DATA, PRESET, interleaved  # noqa: E402
+from resumable import appending, done_rows  # noqa: E402
 
 import fm2s  # noqa: E402
 from fm2s.planeio import read_image  # noqa: E402
@@ -83,19 +84,11 @@ def main():
     levels = args.levels.split(",")
 
     if not args.summary:
-        done = set()
-        if args.csv.exists():
-            with args.csv.open() as handle:
-                done = {(r["level"], r["image"], r["method"]) for r in csv.DictReader(handle)}
+        done = done_rows(args.csv)
         names = interleaved([p.name for p in (args.data / "gt").glob("*.png")])
         if args.per_config:
             names = [n for n in names if int(n.rsplit("_", 1)[1][:-4]) <= args.per_config]
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        new_file = not args.csv.exists()
-        with args.csv.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FIELDS)
-            if new_file:
-                writer.writeheader()
+        with appending(args.csv, FIELDS) as (writer, handle):
             for name in names:
                 truth = read_image(args.data / "gt" / name)
                 group = name.split("_")[0]

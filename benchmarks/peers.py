@@ -91,6 +91,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from resumable import appending, done_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fmd" / "test_mix"
@@ -411,17 +412,9 @@ def main() -> None:
     unknown = sorted(set(args.methods) - set(METHODS)) + sorted(set(args.levels) - set(LEVELS))
     if unknown:
         parser.error(f"unknown methods or levels: {', '.join(unknown)}")
-    done = set()
-    if args.csv.exists():
-        with args.csv.open() as handle:
-            done = {(r["level"], r["image"], r["method"]) for r in csv.DictReader(handle)}
+    done = done_rows(args.csv)
     if not args.summary:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        new_file = not args.csv.exists()
-        with args.csv.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FIELDS)
-            if new_file:
-                writer.writeheader()
+        with appending(args.csv, FIELDS) as (writer, handle):
             for method, jobs in plan(args, done):
                 run_batch(args, method, jobs, writer, handle)
     print(summary(args.csv))

@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from resumable import appending, done_rows
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -60,19 +61,11 @@ def main():
     parser.add_argument("--summary", action="store_true", help="only print the summary")
     args = parser.parse_args()
 
-    done = set()
-    if args.csv.exists():
-        with args.csv.open() as handle:
-            done = {(r["level"], r["image"], r["method"]) for r in csv.DictReader(handle)}
+    done = done_rows(args.csv)
     if not args.summary:
         names = interleaved([p.name for p in (args.data / args.level).glob("*.png")])
         names = names[: args.limit] if args.limit else names
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        new_file = not args.csv.exists()
-        with args.csv.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FIELDS)
-            if new_file:
-                writer.writeheader()
+        with appending(args.csv, FIELDS) as (writer, handle):
             for name in names:
                 noisy = read_image(args.data / args.level / name)
                 truth = read_image(args.data / "gt" / name)
