@@ -20,6 +20,7 @@ n2v2      Noise2Void 2 from CAREamics 0.3.5 at its documented defaults
           30 epochs, flips and rotations, 8 validation patches), trained on the image itself
           and predicted on it, on the CPU
 fast      ``fm2s.denoise(image, preset=<microscope>, recipe="fast", seed=0)``
+auto      the same with ``preset="auto"`` (noise estimated from the image; no microscope given)
 v2        the same with ``recipe="v2"`` (the reference code's schedule)
 ========  ===================================================================================
 
@@ -47,10 +48,10 @@ microscope at every level)::
 
 Subsets (``--subset METHOD=LEVELS:N``): the slow methods run on N images per level, taken
 one per configuration in turn (the 5 configurations: Confocal_BPAE_B, Confocal_MICE,
-TwoPhoton_BPAE_G, TwoPhoton_MICE, WideField_BPAE_B). Defaults: bm3d on 5 images per level
-(one per configuration; about a minute per plane here), n2v2 on 5 raw images, v2 (about 5
+TwoPhoton_BPAE_G, TwoPhoton_MICE, WideField_BPAE_B). Defaults: bm3d, auto and n2v2 on 5
+images per level (one per configuration; bm3d about a minute per plane here), v2 (about 5
 minutes per plane) on 1 raw image (Confocal_BPAE_B_1); every other method on all 20 images of
-every level. The table gives the number of images of every cell.
+every level (auto on all 100: benchmarks/auto_levels.py). The table gives the number of images of every cell.
 
 CAREamics has its own environment, ``.venv-careamics`` (``--careamics-python``): careamics
 0.3.5 pins ``torchvision<=0.26``, which wants torch 2.11, and PyPI's torchvision is a CUDA
@@ -96,12 +97,12 @@ from resumable import appending, done_rows
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fmd" / "test_mix"
 LEVELS = ("raw", "avg2", "avg4", "avg8", "avg16")
-METHODS = ("noisy", "median", "nlm", "bm3d", "fast", "n2v2", "v2")
+METHODS = ("noisy", "median", "nlm", "bm3d", "fast", "auto", "n2v2", "v2")
 # Cheap methods first, so that a partial round still covers them; BM3D (about a minute per
 # plane here) last.
-RUN_ORDER = ("noisy", "median", "nlm", "fast", "n2v2", "v2", "bm3d")
+RUN_ORDER = ("noisy", "median", "nlm", "fast", "auto", "n2v2", "v2", "bm3d")
 #: Default subsets: method -> (levels, images per level, taken in interleaved order).
-SUBSETS = {"bm3d": (LEVELS, 5), "n2v2": (("raw",), 5), "v2": (("raw",), 1)}
+SUBSETS = {"bm3d": (LEVELS, 5), "auto": (LEVELS, 5), "n2v2": (LEVELS, 5), "v2": (("raw",), 1)}
 PRESET = {"Confocal": "confocal", "TwoPhoton": "twophoton", "WideField": "widefield"}
 FIELDS = ["level", "image", "group", "method", "psnr", "ssim", "seconds", "peak_rss_mb",
           "load", "note"]  # fmt: skip
@@ -178,12 +179,13 @@ def _median(noisy: np.ndarray, group: str) -> np.ndarray:
     return ndimage.median_filter(noisy, size=3, mode="reflect")
 
 
-def _fm2s(recipe: str):
+def _fm2s(recipe: str, preset: str | None = None):
+    """fm2s with the microscope's preset, or with `preset` (e.g. ``"auto"``) for every image."""
     def run(noisy: np.ndarray, group: str) -> np.ndarray:
         from fm2s import denoise
 
-        return denoise(noisy, preset=PRESET[group], recipe=recipe, seed=0, device="cpu",
-                       threads=1)
+        return denoise(noisy, preset=preset or PRESET[group], recipe=recipe, seed=0,
+                       device="cpu", threads=1)
 
     return run
 
@@ -224,6 +226,7 @@ RUNNERS = {
     "bm3d": _vst(_bm3d),
     "nlm": _vst(_nlm),
     "fast": _fm2s("fast"),
+    "auto": _fm2s("fast", preset="auto"),
     "v2": _fm2s("v2"),
     "n2v2": _n2v2,
 }
@@ -248,7 +251,7 @@ def score(truth: np.ndarray, result: np.ndarray) -> tuple[float, float]:
 
 def worker(method: str, jobs: list[tuple[str, str]], data: Path) -> None:
     """Denoise ``(level, image)`` jobs with one method; print one JSON row per image."""
-    if method in ("fast", "v2", "n2v2"):  # others never import torch (it costs ~300 MB)
+    if method in ("fast", "auto", "v2", "n2v2"):  # others never import torch (it costs ~300 MB)
         import torch
 
         torch.set_num_threads(1)
