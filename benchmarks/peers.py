@@ -51,7 +51,8 @@ one per configuration in turn (the 5 configurations: Confocal_BPAE_B, Confocal_M
 TwoPhoton_BPAE_G, TwoPhoton_MICE, WideField_BPAE_B). Defaults: bm3d, auto and n2v2 on 5
 images per level (one per configuration; bm3d about a minute per plane here), v2 (about 5
 minutes per plane) on 1 raw image (Confocal_BPAE_B_1); every other method on all 20 images of
-every level (auto on all 100: benchmarks/auto_levels.py). The table gives the number of images of every cell.
+every level (auto on all 100: benchmarks/auto_levels.py). The table gives the number of
+images of every cell.
 
 CAREamics has its own environment, ``.venv-careamics`` (``--careamics-python``): careamics
 0.3.5 pins ``torchvision<=0.26``, which wants torch 2.11, and PyPI's torchvision is a CUDA
