@@ -57,6 +57,8 @@ from fm2s.stacks import StackError, StackMetadata, StackNotFoundError
 __all__ = [
     "PROVENANCE_KEY",
     "build_provenance",
+    "describe_device",
+    "describe_output",
     "fingerprint_input",
     "format_provenance",
     "git_commit",
@@ -333,3 +335,13 @@ def format_provenance(path: str | Path) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in (p.get("libraries") or {}).items() if v)
     lines.append(f"libraries: python {p.get('python')}, {libs}")
     return "\n".join(lines)
+
+
+def describe_device(device) -> str:
+    """``"cpu"``, or ``"cuda:0 (NVIDIA H200)"`` for a resolved torch device (provenance)."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)

@@ -48,7 +48,13 @@ from typing import Any
 
 import numpy as np
 
-from fm2s._provenance import build_provenance, describe_output, fingerprint_input, utc_now
+from fm2s._provenance import (
+    build_provenance,
+    describe_device,
+    describe_output,
+    fingerprint_input,
+    utc_now,
+)
 from fm2s.stacks import PlaneKey, StackError, StackMetadata, open_stack
 
 __all__ = [
@@ -342,7 +348,7 @@ def denoise_chunk(
             "format": CHUNK_FORMAT, "source": str(source.resolve()), "start": start,
             "stop": stop, "settings_digest": settings.digest(), "seed": int(seed),
             "data_range": data_range, "series": series, "pages_as": pages_as,
-            "device": _describe(device), "host": socket.gethostname(), "started": started,
+            "device": describe_device(device), "host": socket.gethostname(), "started": started,
             "fm2s_version": __version__, "slurm_job": slurm_job, "cuda_visible_devices": visible,
         }  # fmt: skip
         try:
@@ -352,16 +358,6 @@ def denoise_chunk(
                 raise
             msg = f"{source}: cannot denoise: {exc}"
             raise StackError(msg) from exc
-
-
-def _describe(device) -> str:
-    """``"cpu"``, or ``"cuda:0 (NVIDIA H200)"`` for a resolved torch device."""
-    if device.type == "cuda":
-        import torch
-
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return str(device)
 
 
 def _write_chunk(output: Path, keys, results, hashes, info, source, references=None) -> Path:

@@ -19,7 +19,13 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
-from fm2s._provenance import build_provenance, describe_output, fingerprint_input, utc_now
+from fm2s._provenance import (
+    build_provenance,
+    describe_device,
+    describe_output,
+    fingerprint_input,
+    utc_now,
+)
 from fm2s.ome import OmeZarrWriter, check_output_path
 from fm2s.stacks import StackError, open_stack
 
@@ -158,7 +164,7 @@ def denoise_stack(
                 input_fingerprint=fingerprint,
                 output=describe_output(meta.shape, meta.dtype, ngff_version=ngff_version,
                                        levels=levels),
-                device=_describe(torch_device),
+                device=describe_device(torch_device),
                 started=started,
                 finished=utc_now(),
                 plane_seconds=plane_seconds,
@@ -176,13 +182,3 @@ def _estimate_record(references, plane_infos):
     from fm2s.estimate import provenance_record
 
     return provenance_record(references.record() if references else {}, plane_infos)
-
-
-def _describe(device) -> str:
-    """``"cpu"``, or ``"cuda:0 (NVIDIA H200)"``."""
-    if getattr(device, "type", None) == "cuda":
-        import torch
-
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return str(device)
