@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+import torch
+
+from fm2s import train
+from fm2s.noise import median_target, region_means
+from fm2s.settings import make_settings
+
+
+def plane_data(plane8: np.ndarray, seed: int, settings) -> train.PlaneData:
+    noisy = plane8.astype(np.float32) / 255
+    target = median_target(noisy, settings.median_size)
+    means = region_means(target, settings.region_size, settings.mean_clamp)
+    return train.PlaneData(*(torch.from_numpy(a) for a in (noisy, target, means)),
+                           torch.Generator().manual_seed(seed),
+                           torch.Generator().manual_seed(seed + 1))
+
+
+def test_prefetched_samples_are_the_samples_drawn_in_turn(plane8, tiny_settings):
+    crop = train.group_key(tiny_settings, plane8.shape)
+
+    def samples():
+        planes = [plane_data(plane8, s, tiny_settings) for s in (1, 7)]
+        return train._samples(planes, tiny_settings, crop, torch.device("cpu"))
+
+    in_turn, ahead = list(samples()), list(train._one_ahead(samples()))
+    assert len(in_turn) == len(ahead) == tiny_settings.samples
+    for (inputs, targets), (inputs_ahead, targets_ahead) in zip(in_turn, ahead, strict=True):
+        torch.testing.assert_close(inputs, inputs_ahead, rtol=0, atol=0)
+        torch.testing.assert_close(targets, targets_ahead, rtol=0, atol=0)
+
+
+def test_training_restores_the_thread_count(plane8, tiny_settings):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train.fit([plane_data(plane8, 3, tiny_settings)], tiny_settings, torch.device("cpu"))
+        assert torch.get_num_threads() == 2
+        broken = make_settings("confocal", "fast", steps=4, crop_size=24, batch_size=2)
+        planes = [plane_data(plane8, 3, broken)]
+        planes[0].means = planes[0].means[:5]  # a crop of it no longer fits: fails mid-training
+        with pytest.raises(RuntimeError):
+            train.fit(planes, broken, torch.device("cpu"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
