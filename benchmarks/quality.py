@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -41,12 +42,15 @@ def interleaved(names: list[str]) -> list[str]:
     return [n for batch in zip(*by_config.values(), strict=False) for n in batch]
 
 
-def run_method(method: str, noisy: np.ndarray, preset: str, threads: int) -> np.ndarray:
+def run_method(method: str, noisy: np.ndarray, preset: str, threads: int,
+               overrides: dict) -> np.ndarray:
     if method == "median":
         return ndimage.median_filter(noisy, size=3, mode="reflect")
     if method == "noisy":
         return noisy
-    return denoise(noisy, preset=preset, recipe=method, seed=0, device="cpu", threads=threads)
+    recipe = method.split("+")[0]
+    return denoise(noisy, preset=preset, recipe=recipe, seed=0, device="cpu", threads=threads,
+                   **overrides)
 
 
 def main():
@@ -59,7 +63,11 @@ def main():
     parser.add_argument("--limit", type=int, default=0, help="first N images (interleaved)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--summary", action="store_true", help="only print the summary")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="setting override for the fm2s methods, e.g. precision='\"bfloat16\"'"
+                        "; name the method RECIPE+TAG (e.g. v2+bf16) to keep its rows apart")
     args = parser.parse_args()
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
 
     done = done_rows(args.csv)
     if not args.summary:
@@ -74,7 +82,7 @@ def main():
                     if (args.level, name, method) in done:
                         continue
                     start = time.perf_counter()
-                    result = run_method(method, noisy, PRESET[group], args.threads)
+                    result = run_method(method, noisy, PRESET[group], args.threads, overrides)
                     seconds = time.perf_counter() - start
                     psnr = peak_signal_noise_ratio(truth, result, data_range=255)
                     ssim = structural_similarity(truth, result, data_range=255)
