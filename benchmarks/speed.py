@@ -6,6 +6,7 @@ Run by hand on a quiet machine (the faithful recipes take minutes per plane):
     python benchmarks/speed.py --recipes v2 --planes 1 --size 512
     python benchmarks/speed.py --recipes fast --planes 1 --size 2048      # memory of a big plane
     python benchmarks/speed.py --recipes fast --planes 16 --size 512 --batch   # throughput
+    python benchmarks/speed.py --recipes fast --planes 5 --preset widefield    # one channel
 
 Each measurement runs in a fresh child process, so the peak RSS it reports (the child's own
 ru_maxrss) belongs to that measurement alone, interpreter and torch included. Planes are synthetic
@@ -24,8 +25,8 @@ import json, sys, time
 import numpy as np
 import fm2s
 from fm2s.synthetic import clean_plane, noisy_plane
-recipe, planes, size, threads, batch, overrides = json.loads(sys.argv[1])
-settings = fm2s.make_settings("confocal", recipe, **overrides)
+preset, recipe, planes, size, threads, batch, overrides = json.loads(sys.argv[1])
+settings = fm2s.make_settings(preset, recipe, **overrides)
 stack = [noisy_plane(clean_plane((size, size), seed=i, blobs=size // 8), seed=100 + i)
          for i in range(planes)]
 start = time.perf_counter()
@@ -43,8 +44,8 @@ print(json.dumps({"seconds": seconds, "total": time.perf_counter() - start,
 """
 
 
-def measure(recipe, planes, size, threads, batch, overrides):
-    args = json.dumps([recipe, planes, size, threads, batch, overrides])
+def measure(preset, recipe, planes, size, threads, batch, overrides):
+    args = json.dumps([preset, recipe, planes, size, threads, batch, overrides])
     proc = subprocess.run([sys.executable, "-c", CHILD, args], stdout=subprocess.PIPE, text=True)
     if proc.returncode:
         raise SystemExit(f"child failed for {recipe}")
@@ -54,6 +55,7 @@ def measure(recipe, planes, size, threads, batch, overrides):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", default="fast")
+    parser.add_argument("--preset", default="confocal")
     parser.add_argument("--planes", type=int, default=3)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
@@ -61,13 +63,15 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    print("| recipe | plane | planes | median s/plane | planes/s | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|")
+    print("| recipe | preset | plane | planes | median s/plane | planes/s | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|")
     for recipe in args.recipes.split(","):
-        r = measure(recipe, args.planes, args.size, args.threads, args.batch, overrides)
+        r = measure(args.preset, recipe, args.planes, args.size, args.threads, args.batch,
+                    overrides)
         per_plane = sorted(r["seconds"])[len(r["seconds"]) // 2] if r["seconds"] else \
             r["total"] / args.planes
-        print(f"| {recipe}{' (batch)' if args.batch else ''} | {args.size}x{args.size} | "
+        print(f"| {recipe}{' (batch)' if args.batch else ''} | {args.preset} | "
+              f"{args.size}x{args.size} | "
               f"{args.planes} | {per_plane:.2f} | {args.planes / r['total']:.3f} | "
               f"{r['peak_rss_mb']:.0f} |", flush=True)
 
