@@ -63,7 +63,6 @@ SCALES = (1, 2)
 #: Candidate correlation widths (pixels); 0 is white noise.
 CORR_GRID = tuple(np.round(np.arange(0.0, 2.51, 0.05), 2))
 _HIGHPASS = np.array([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]])
-_MAD_TO_STD = 1.4826  # std of a normal distribution / its median absolute deviation
 _LEVELS = 16  # level sets per scale (at most)
 _MIN_COUNT = 64  # fewest windows for a level set to count
 _WINDOW = 7  # side (binned samples) of the windows whose high-pass energy is measured
@@ -193,11 +192,6 @@ def _gamma_quantiles(dof):
     dof = np.asarray(dof, dtype=np.float64)
     return (stats.gamma.ppf(_QUANTILE, dof / 2.0, scale=2.0 / dof),
             stats.gamma.ppf(0.5, dof / 2.0, scale=2.0 / dof))
-
-
-def _quantile_factor(corr: float, scale: int) -> float:
-    """The `_QUANTILE` of a noise-only window energy relative to its mean (model value)."""
-    return float(_gamma_quantiles(_window_dof(corr, scale))[0])
 
 
 @cache
@@ -356,7 +350,7 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
     top = 1.0 if (plane.dtype.kind in "ui" or data_range is not None) else np.inf
     valid = (x > 0.0) & (x < top)
 
-    rows = []  # (scale, mean, variance, count)
+    rows = []  # (scale, mean, energy, count, noise_like)
     if high > low:
         for s in SCALES:
             rows += [(s, *r) for r in _level_sets(x, valid, s)]
@@ -365,7 +359,7 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
             # clipping then biases the variance low, which is better than no estimate.
             everything = np.ones_like(valid)
             rows = [(s, *r) for s in SCALES for r in _level_sets(x, everything, s)]
-    fit = _fit(rows, quant) if rows else None
+    fit = _fit(*_untextured(rows), quant) if rows else None
     if fit is None:
         a = b = corr = res = 0.0
         used = 0
@@ -383,27 +377,31 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
     )
 
 
-def _fit(rows, quant: float, corr: float | None = None, checked: bool = False):
+def _untextured(rows):
+    """(level sets to fit, corr or None): textured level sets left out where that is possible.
+
+    ``corr`` is 0 (white) where every coarse level set is textured: the correlation is then
+    not identifiable from this plane, and only the fine scale is fitted (texture makes noise
+    look more correlated, never less, so this errs low). With too few level sets to judge,
+    all are kept.
+    """
+    noise_like = np.array([r[4] for r in rows], dtype=bool)
+    coarse = np.array([r[0] for r in rows]) == 2
+    if (noise_like & ~coarse).sum() >= 2:
+        if (noise_like & coarse).sum() >= 2:
+            return [r for r, k in zip(rows, noise_like, strict=True) if k], None
+        if (coarse & ~noise_like).sum() >= 2:
+            return [r for r, k in zip(rows, noise_like & ~coarse, strict=True) if k], 0.0
+    return rows, None
+
+
+def _fit(rows, corr: float | None, quant: float):
     """(a, b, corr, residual): weighted least squares of the level-set energies.
 
-    Level sets marked as textured are left out. `corr` is chosen by comparing the scales
-    (:func:`_choose_corr`) unless given; then ``(a, b)`` is solved in closed form.
+    `corr` is chosen by comparing the scales (:func:`_choose_corr`) unless given; then
+    ``(a, b)`` is solved in closed form.
     """
     scales = np.array([r[0] for r in rows])
-    if corr is None and not checked:
-        noise_like = np.array([r[4] for r in rows], dtype=bool)
-        coarse = scales == 2
-        if (noise_like & ~coarse).sum() >= 2:
-            if (noise_like & coarse).sum() >= 2:
-                keep = [r for r, k in zip(rows, noise_like, strict=True) if k]
-                return _fit(keep, quant, None, True)
-            if (coarse & ~noise_like).sum() >= 2:
-                # Texture at every coarse level: the correlation is not identifiable from
-                # this plane. Assume white noise and fit the fine scale alone (texture makes
-                # noise look more correlated, never less, so this errs low).
-                keep = [r for r, k in zip(rows, noise_like & ~coarse, strict=True) if k]
-                return _fit(keep, quant, 0.0)
-        # Too few level sets to judge: use them all.
     means = np.array([r[1] for r in rows])
     var = np.array([r[2] for r in rows])
     count = np.array([r[3] for r in rows], dtype=np.float64)

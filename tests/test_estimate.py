@@ -14,7 +14,8 @@ from fm2s.estimate import (
     ChannelReferences,
     _bin,
     _chain_gain,
-    _quantile_factor,
+    _gamma_quantiles,
+    _window_dof,
     auto_settings,
     channel_reference_keys,
     consistent,
@@ -112,7 +113,7 @@ def test_window_quantile_factor_matches_simulation(corr, scale):
     cut = _WINDOW // 2
     energy = ndimage.uniform_filter(hp * hp, _WINDOW)[cut:-cut, cut:-cut]
     simulated = np.quantile(energy, _QUANTILE) / _chain_gain(corr, scale)
-    assert _quantile_factor(corr, scale) == pytest.approx(simulated, rel=0.02)
+    assert _gamma_quantiles(_window_dof(corr, scale))[0] == pytest.approx(simulated, rel=0.02)
 
 
 def test_estimate_is_finite_on_degenerate_planes():
