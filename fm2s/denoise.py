@@ -272,7 +272,8 @@ def sure_blend_weight(net, noisy: np.ndarray, clean: np.ndarray, settings: Setti
     probe = probe.astype(np.float64) * np.sqrt(variance)
     probe += np.sqrt(quantization_var) * torch.randn(noisy.shape, generator=gen).numpy()
     eps = 0.1  # a tenth of the noise: small enough for a local slope, large enough for float32
-    moved = predict(net, (noisy + eps * probe).astype(np.float32), device)
+    moved = predict(net, (noisy + eps * probe).astype(np.float32), device,
+                    turn_average=settings.turn_average)
     trace = float((probe * (moved.astype(np.float64) - clean)).sum() / eps)
     weight = (total - trace) / residual
     return float(np.clip(weight, 0.0, 1.0)) if np.isfinite(weight) else 1.0
@@ -303,7 +304,8 @@ def _denoise_group(members, settings, seed, device) -> list[PlaneResult]:
         net = fit(data, settings, device)
         for g, (slot, plane, noisy, key, scale, own_seed, info) in enumerate(trainable):
             model = extract_model(net, g)
-            clean = predict(model, noisy, device).astype(np.float64)
+            clean = predict(model, noisy, device,
+                            turn_average=settings.turn_average).astype(np.float64)
             if settings.blend == "sure":
                 quant = 1.0 / (12.0 * scale**2) if plane.dtype.kind in "ui" else 0.0
                 weight = sure_blend_weight(model, noisy, clean, settings, quant, own_seed,

@@ -220,12 +220,14 @@ def extract_model(net: FM2SNet, index: int) -> FM2SNet:
     return single.to(net.head.weight.device)
 
 
-@torch.no_grad()
-def predict(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int = 512) -> np.ndarray:
+def predict(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int = 512,
+            turn_average: bool = False) -> np.ndarray:
     """Apply a single-model network to a plane: mean over the n outputs, clamped to [0, 1].
 
     Large planes are processed in ``tile`` x ``tile`` pieces with a margin of the network's
     receptive radius, which gives exactly the full-frame result at a fraction of the memory.
+    With ``turn_average`` the result is the mean of this and of the network's output for the
+    plane turned by 180 degrees, turned back (see :class:`fm2s.settings.Settings`).
 
     Parameters
     ----------
@@ -241,6 +243,16 @@ def predict(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int = 5
     -------
     ndarray (Y, X) of float32
     """
+    result = _predict_tiled(net, noisy, device, tile)
+    if turn_average:
+        turned = _predict_tiled(net, np.ascontiguousarray(noisy[::-1, ::-1]), device, tile)
+        result = (result + turned[::-1, ::-1]) * np.float32(0.5)
+    return result
+
+
+@torch.no_grad()
+def _predict_tiled(net: FM2SNet, noisy: np.ndarray, device: torch.device,
+                   tile: int) -> np.ndarray:
     net = net.to(device=device, memory_format=torch.channels_last).eval()
     n, margin = net.channels, net.receptive_radius
     height, width = noisy.shape

@@ -37,6 +37,20 @@ def test_tiled_prediction_equals_full_frame():
     assert full.min() >= 0 and full.max() <= 1
 
 
+def test_turn_average_is_the_mean_of_the_plane_and_its_half_turn():
+    net = FM2SNet(2, 5)
+    net.reset_parameters([torch.Generator().manual_seed(0)])
+    plane = np.random.default_rng(1).random((40, 33), dtype=np.float32)
+    cpu = torch.device("cpu")
+    plain = predict(net, plane, cpu)
+    turned = predict(net, np.ascontiguousarray(plane[::-1, ::-1]), cpu)[::-1, ::-1]
+    assert np.abs(plain - turned).max() > 1e-3  # the network alone is not turn-invariant
+    averaged = predict(net, plane, cpu, tile=16, turn_average=True)
+    np.testing.assert_allclose(averaged, (plain + turned) / 2, atol=1e-6)
+    half_turned = predict(net, np.ascontiguousarray(plane[::-1, ::-1]), cpu, turn_average=True)
+    np.testing.assert_allclose(half_turned[::-1, ::-1], averaged, atol=1e-6)
+
+
 def test_grouped_training_matches_training_alone(plane8):
     """The CUDA path trains several planes in one grouped pass; each must get its own network."""
     from fm2s.denoise import _denoise_group, intensity_range  # noqa: PLC2701
