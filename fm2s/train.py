@@ -238,6 +238,8 @@ def predict(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int = 5
     device : torch.device
     tile : int
         Output tile side in pixels.
+    turn_average : bool
+        Also apply the network to the half-turned plane and average (``Settings.turn_average``).
 
     Returns
     -------
