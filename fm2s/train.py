@@ -226,8 +226,6 @@ def predict(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int = 5
 
     Large planes are processed in ``tile`` x ``tile`` pieces with a margin of the network's
     receptive radius, which gives exactly the full-frame result at a fraction of the memory.
-    With ``turn_average`` the result is the mean of this and of the network's output for the
-    plane turned by 180 degrees, turned back (see :class:`fm2s.settings.Settings`).
 
     Parameters
     ----------
@@ -239,7 +237,8 @@ def predict(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int = 5
     tile : int
         Output tile side in pixels.
     turn_average : bool
-        Also apply the network to the half-turned plane and average (``Settings.turn_average``).
+        Also apply the network to the plane turned by 180 degrees and return the mean of the
+        two outputs, the second turned back (see :class:`fm2s.settings.Settings`).
 
     Returns
     -------
