@@ -85,6 +85,17 @@ def test_multiscale_sees_correlated_variance(clean):
     assert 0.5 < est.neighbour_corr < 0.7 and est.lowfreq_gain > 4
 
 
+def test_weak_correlation_is_taken_as_white(clean):
+    """Neighbour correlation below WEAK_CORR is not told apart from texture: white, std low.
+
+    At width 0.4 px (neighbour correlation 0.09) the fine-scale chain gain is 0.78 of white
+    noise's, so the white fit sees the pixel variance times about 0.78.
+    """
+    est = estimate_noise(make_noisy(clean, 1e6, 0.03, corr=0.4))
+    assert est.corr == 0.0 and est.neighbour_corr == 0.0
+    assert 0.03 * np.sqrt(0.78) * (1 - STD_TOL) < est.std < 0.03
+
+
 @pytest.mark.parametrize("photons", [1000, 3000])
 def test_fine_texture_is_not_counted_as_noise(clean, photons):
     """Fine texture everywhere (as on two-photon cells at low noise): white noise found white.
