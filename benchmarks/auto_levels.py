@@ -151,6 +151,16 @@ def summary(path: Path) -> str:
                 continue
             cells = [f"{np.mean([psnr[(level, m)][i] for i in members]):.2f}" for m in methods]
             lines.append(f"| {level} | {group} | {len(members)} | " + " | ".join(cells) + " |")
+    if {"noisy", "auto"} <= set(methods):
+        lines += ["", "Per image, `auto` minus the noisy input (dB):", "",
+                  "| level | images below noisy | smallest gain | on |", "|---|---|---|---|"]
+        for level in levels:
+            gains = {i: psnr[(level, "auto")][i] - psnr[(level, "noisy")][i]
+                     for i in common_by_level[level]}
+            if gains:
+                worst = min(gains, key=gains.get)
+                below = sum(g < 0 for g in gains.values())
+                lines.append(f"| {level} | {below} | {gains[worst]:+.2f} | {worst} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,71 @@
+"""Accuracy of ``fm2s.estimate_noise`` on the FMD ``test_mix`` images, against noisy - truth.
+
+Run by hand (about 30 s):
+
+    python benchmarks/estimator_accuracy.py
+
+For every image of ``test_mix/{raw,avg2,avg4,avg8,avg16}`` it compares the estimated noise std
+at the plane's mean (``std_dn``) and neighbour correlation with those of the residual
+``noisy - gt`` over the whole image. That residual also holds the ground truth's own noise and
+drift between captures, so at avg8-16 it is not pure noise. Prints a Markdown table per level
+and microscope type, and the RMS of log(estimated / true) and the worst ratio over all images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from auto_levels import LEVELS  # noqa: E402
+from quality import DATA  # noqa: E402
+
+import fm2s  # noqa: E402
+from fm2s.planeio import read_image  # noqa: E402
+
+
+def residual_stats(noisy: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(std, mean of horizontal and vertical lag-1 correlation) of ``noisy - truth``."""
+    residual = noisy.astype(np.float64) - truth
+    residual -= residual.mean()
+    var = residual.var()
+    across = (residual[:, 1:] * residual[:, :-1]).mean() / var
+    down = (residual[1:] * residual[:-1]).mean() / var
+    return float(np.sqrt(var)), float((across + down) / 2)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args()
+    rows = defaultdict(list)  # (level, group) -> [(true std, est std, true nc, est nc)]
+    for path in sorted((args.data / "gt").glob("*.png")):
+        truth = read_image(path).astype(np.float64)
+        group = path.name.split("_")[0]
+        for level in LEVELS:
+            noisy = read_image(args.data / level / path.name)
+            est = fm2s.estimate_noise(noisy)
+            rows[(level, group)].append((*residual_stats(noisy, truth), est.std_dn,
+                                         est.neighbour_corr))
+    print("| level | microscope | true std (DN) | estimated std (DN) | est/true (min-max) "
+          "| true neighbour corr | estimated |")
+    print("|---|---|---|---|---|---|---|")
+    logs = []
+    for level, group in sorted(rows, key=lambda k: (LEVELS.index(k[0]), k[1])):
+        true_std, true_nc, est_std, est_nc = np.array(rows[(level, group)]).T
+        ratio = est_std / true_std
+        logs += list(np.log(ratio))
+        print(f"| {level} | {group} | {true_std.mean():.2f} | {est_std.mean():.2f} "
+              f"| {ratio.mean():.2f} ({ratio.min():.2f}-{ratio.max():.2f}) "
+              f"| {true_nc.mean():.2f} | {est_nc.mean():.2f} |")
+    logs = np.array(logs)
+    print(f"\n{logs.size} images: RMS of log(est/true) {np.sqrt((logs**2).mean()):.3f}, "
+          f"ratios {np.exp(logs.min()):.2f}-{np.exp(logs.max()):.2f}")
+
+
+if __name__ == "__main__":
+    main()
