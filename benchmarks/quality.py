@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +27,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from fm2s import denoise
 from fm2s.planeio import read_image
+from fm2s.settings import parse_overrides
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fmd" / "test_mix"
 PRESET = {"Confocal": "confocal", "TwoPhoton": "twophoton", "WideField": "widefield"}
@@ -67,7 +67,7 @@ def main():
                         help="setting override for the fm2s methods, e.g. precision='\"bfloat16\"'"
                         "; name the method RECIPE+TAG (e.g. v2+bf16) to keep its rows apart")
     args = parser.parse_args()
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_overrides(args.set)
 
     done = done_rows(args.csv)
     if not args.summary:

@@ -20,6 +20,8 @@ import json
 import subprocess
 import sys
 
+from fm2s.settings import parse_overrides
+
 CHILD = r"""
 import json, sys, time
 import numpy as np
@@ -62,7 +64,7 @@ def main():
     parser.add_argument("--batch", action="store_true", help="one denoise_planes call")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     args = parser.parse_args()
-    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    overrides = parse_overrides(args.set)
     print("| recipe | preset | plane | planes | median s/plane | planes/s | peak RSS (MB) |")
     print("|---|---|---|---|---|---|---|")
     for recipe in args.recipes.split(","):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import logging
 import sys
 import time
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from . import __version__
 from .denoise import iter_denoise_planes
 from .planeio import IMAGE_SUFFIXES, read_image, write_image
-from .settings import PRESETS, RECIPES, Settings, make_settings
+from .settings import PRESETS, RECIPES, Settings, make_settings, parse_overrides
 
 log = logging.getLogger("fm2s")
 
@@ -35,13 +34,6 @@ class UsageError(Exception):
 
 
 # --- settings from the command line -------------------------------------------------------------
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
 
 def _add_settings_options(parser: argparse.ArgumentParser, *, preset_help: str | None = None):
     group = parser.add_argument_group("denoising settings")
@@ -75,14 +67,8 @@ def _settings_from_args(args, preset: str | None = None) -> Settings:
             return Settings.from_json(args.settings.read_text())
         except (OSError, ValueError) as error:
             raise UsageError(f"{args.settings}: {error}") from error
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = _parse_value(value.strip())
     try:
-        return make_settings(preset or args.preset, args.recipe, **overrides)
+        return make_settings(preset or args.preset, args.recipe, **parse_overrides(args.set))
     except ValueError as error:
         raise UsageError(str(error)) from error
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["AUTO_FIELDS", "NOISE_MODELS", "PRESETS", "RECIPES", "Settings", "make_settings"]
+__all__ = ["AUTO_FIELDS", "NOISE_MODELS", "PRESETS", "RECIPES", "Settings", "make_settings",
+           "parse_overrides"]
 
 #: Fields that ``preset="auto"`` chooses from each plane's noise estimate.
 AUTO_FIELDS = ("median_size", "gain", "read_var", "noise_corr")
@@ -157,33 +158,37 @@ class Settings:
         non-empty only for unresolved ``preset="auto"`` settings.
     """
 
-    preset: str = "confocal"
-    recipe: str = "fast"
-    channels: int = 2
-    region_size: int = 75
-    median_size: int = 3
-    k_g: float = 200.0
-    k_p: float = 30.0
-    lam_p: float = 70.0
-    mean_clamp: tuple[float, float] = (1e-5, 0.15)
-    kernel_size: int = 5
-    warmup_steps: int = 0
-    samples: int = 1500
-    steps_per_sample: int = 1
-    lr: float = 4e-3
-    lr_schedule: str = "onecycle"
-    lr_milestones: tuple[int, ...] = field(default_factory=tuple)
-    lr_gamma: float = 1.0
-    crop_size: int = 48
-    batch_size: int = 7
-    precision: str = "auto"
-    noise_model: str = "fm2s"
-    gain: float = 0.0
-    read_var: float = 0.0
-    noise_corr: float = 0.0
-    blend: str = "none"
-    auto_fields: tuple[str, ...] = field(default_factory=tuple)
-    turn_average: bool = False
+    # No defaults: every value comes from a preset and a recipe (make_settings) or a stored
+    # dict (from_dict), so PRESETS and RECIPES stay the one place that sets them.
+    preset: str
+    recipe: str
+    channels: int
+    region_size: int
+    median_size: int
+    k_g: float
+    k_p: float
+    lam_p: float
+    mean_clamp: tuple[float, float]
+    kernel_size: int
+    warmup_steps: int
+    samples: int
+    steps_per_sample: int
+    lr: float
+    lr_schedule: str
+    lr_milestones: tuple[int, ...]
+    lr_gamma: float
+    crop_size: int
+    batch_size: int
+    precision: str
+    # Added after the first release; their defaults (= _OPTIONAL) read old dicts back as
+    # they were written.
+    noise_model: str = _OPTIONAL["noise_model"]
+    gain: float = _OPTIONAL["gain"]
+    read_var: float = _OPTIONAL["read_var"]
+    noise_corr: float = _OPTIONAL["noise_corr"]
+    blend: str = _OPTIONAL["blend"]
+    auto_fields: tuple[str, ...] = _OPTIONAL["auto_fields"]
+    turn_average: bool = _OPTIONAL["turn_average"]
 
     def __post_init__(self):
         # Normalise sequences read back from JSON to tuples, so equality and hashing hold.
@@ -282,10 +287,15 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Settings:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        """Inverse of :meth:`to_dict`; unknown or missing keys are an error."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
         if unknown:
             msg = f"settings: unknown keys {_choices(unknown)}"
+            raise ValueError(msg)
+        missing = fields - set(data) - set(_OPTIONAL)
+        if missing:
+            msg = f"settings: missing keys {_choices(missing)}"
             raise ValueError(msg)
         return cls(**data)
 
@@ -303,6 +313,30 @@ class Settings:
     def replace(self, **changes) -> Settings:
         """A copy with some fields changed (validated like any other)."""
         return make_settings(self.preset, self.recipe, _base=self, **changes)
+
+
+def parse_overrides(items) -> dict[str, Any]:
+    """Setting overrides from ``KEY=VALUE`` strings (as given to ``--set``).
+
+    Each value is read as JSON (``150``, ``true``, ``[0.01, 0.2]``, ``"bfloat16"``) and, where
+    that fails, kept as the plain string (``precision=bfloat16``). Later items win.
+
+    Raises
+    ------
+    ValueError
+        An item without ``=``.
+    """
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            msg = f"--set {item!r}: expected KEY=VALUE"
+            raise ValueError(msg)
+        try:
+            overrides[key.strip()] = json.loads(text.strip())
+        except json.JSONDecodeError:
+            overrides[key.strip()] = text.strip()
+    return overrides
 
 
 # Friendly override name: ``steps`` means "this many optimiser steps in all".

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from fm2s.settings import PRESETS, RECIPES, Settings, make_settings
+from fm2s.settings import PRESETS, RECIPES, Settings, make_settings, parse_overrides
 
 
 def test_presets_match_reference_table():
@@ -52,6 +52,8 @@ def test_steps_override_sets_samples():
         (lambda: make_settings(precision="float16"), "unknown precision"),
         (lambda: make_settings(steps=0), "steps must be"),
         (lambda: Settings.from_dict({"bogus": 1}), "unknown keys 'bogus'"),
+        (lambda: Settings.from_dict({"preset": "confocal"}), "missing keys .*'channels'"),
+        (lambda: parse_overrides(["k_g"]), "expected KEY=VALUE"),
     ],
 )
 def test_invalid_settings_raise(call, message):
@@ -63,3 +65,11 @@ def test_every_preset_and_recipe_combination_is_valid():
     for preset in PRESETS:
         for recipe in RECIPES:
             assert make_settings(preset, recipe).preset == preset
+
+
+def test_parse_overrides_reads_json_and_plain_strings():
+    overrides = parse_overrides(["k_g=150", "precision=bfloat16", 'lr_schedule="step"',
+                                 "mean_clamp=[0.01, 0.2]", "turn_average=false", "k_g = 151"])
+    assert overrides == dict(k_g=151, precision="bfloat16", lr_schedule="step",
+                             mean_clamp=[0.01, 0.2], turn_average=False)
+    assert make_settings(**overrides).mean_clamp == (0.01, 0.2)
