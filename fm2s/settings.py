@@ -40,8 +40,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Chosen per plane from its own noise estimate (fm2s.estimate): a Poisson-Gaussian model with
     # the plane's gain, read variance and spatial correlation, a median window that averages
     # as many independent noise samples as a 3 x 3 window does on white noise, and a SURE-chosen
-    # blend with the input. The values of AUTO_FIELDS here are placeholders until resolved.
-    "auto": dict(channels=2, region_size=75, median_size=3, k_g=0.0, k_p=30.0, lam_p=70.0,
+    # blend with the input. One channel: with n copies, each with its own noise draw, the
+    # network learns to average the copies, which removes nothing at inference, where every
+    # copy is the same real plane (+0.56 dB on FMD raw images against n = 2). The values of
+    # AUTO_FIELDS here are placeholders until resolved.
+    "auto": dict(channels=1, region_size=75, median_size=3, k_g=0.0, k_p=30.0, lam_p=70.0,
                  noise_model="poisson-gaussian", gain=0.0, read_var=0.0, noise_corr=0.0,
                  blend="sure", auto_fields=AUTO_FIELDS),
 }
