@@ -25,32 +25,27 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from auto_levels import LEVELS  # noqa: E402
 from quality import DATA  # noqa: E402
 
 import fm2s  # noqa: E402
-from fm2s.estimate import _HIGHPASS, _chain_gain  # noqa: E402
+from fm2s.estimate import _chain_gain, _highpass  # noqa: E402
 from fm2s.planeio import read_image  # noqa: E402
 
 
-def residual_stats(noisy: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(std, mean of horizontal and vertical lag-1 correlation) of ``noisy - truth``."""
-    residual = noisy.astype(np.float64) - truth
-    residual -= residual.mean()
+def residual_stats(residual: np.ndarray) -> tuple[float, float]:
+    """(std, mean of horizontal and vertical lag-1 correlation) of a zero-mean residual."""
     var = residual.var()
     across = (residual[:, 1:] * residual[:, :-1]).mean() / var
     down = (residual[1:] * residual[:-1]).mean() / var
     return float(np.sqrt(var)), float((across + down) / 2)
 
 
-def highpass_share(noisy: np.ndarray, truth: np.ndarray, corr: float) -> float:
-    """High-pass energy of ``noisy - truth`` per unit variance, over the model's (width `corr`)."""
-    residual = noisy.astype(np.float64) - truth
-    residual -= residual.mean()
-    energy = (ndimage.correlate(residual, _HIGHPASS)[1:-1, 1:-1] ** 2).mean()
+def highpass_share(residual: np.ndarray, corr: float) -> float:
+    """High-pass energy per unit variance of a zero-mean residual, over the model's (`corr`)."""
+    energy = (_highpass(residual) ** 2).mean()
     return float(energy / residual.var() / _chain_gain(float(corr), 1))
 
 
@@ -65,9 +60,10 @@ def main():
         for level in LEVELS:
             noisy = read_image(args.data / level / path.name)
             est = fm2s.estimate_noise(noisy)
-            rows[(level, group)].append((*residual_stats(noisy, truth), est.std_dn,
-                                         est.neighbour_corr,
-                                         highpass_share(noisy, truth, est.corr)))
+            residual = noisy.astype(np.float64) - truth
+            residual -= residual.mean()
+            rows[(level, group)].append((*residual_stats(residual), est.std_dn,
+                                         est.neighbour_corr, highpass_share(residual, est.corr)))
     print("| level | microscope | true std (DN) | estimated std (DN) | est/true (min-max) "
           "| true neighbour corr | estimated | seen by high-pass |")
     print("|---|---|---|---|---|---|---|---|")

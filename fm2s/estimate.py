@@ -252,13 +252,18 @@ def _bin(plane: np.ndarray, scale: int) -> np.ndarray:
     return plane[:h, :w].reshape(h // scale, scale, w // scale, scale).mean(axis=(1, 3))
 
 
+def _highpass(plane: np.ndarray) -> np.ndarray:
+    """The 3 x 3 high-pass of `plane`, without the border row and column it reflects into."""
+    return ndimage.correlate(plane, _HIGHPASS, mode="reflect")[1:-1, 1:-1]
+
+
 def _level_sets(plane: np.ndarray, valid: np.ndarray, scale: int):
     """(mean, robust variance, count) of the high-pass in level sets of local mean."""
     binned = _bin(plane, scale)
     ok = _bin(valid.astype(np.float64), scale) == 1.0  # blocks without clipped pixels
     if min(binned.shape) < 3:
         return []
-    hp = ndimage.correlate(binned, _HIGHPASS, mode="reflect")[1:-1, 1:-1]
+    hp = _highpass(binned)
     if min(hp.shape) < _WINDOW:
         return []
     cut = _WINDOW // 2

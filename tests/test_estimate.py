@@ -8,13 +8,13 @@ from scipy import ndimage, signal
 
 import fm2s
 from fm2s.estimate import (
-    _HIGHPASS,
     _QUANTILE,
     _WINDOW,
     ChannelReferences,
     _bin,
     _chain_gain,
     _gamma_quantiles,
+    _highpass,
     _window_dof,
     auto_settings,
     channel_reference_keys,
@@ -120,7 +120,7 @@ def test_window_quantile_factor_matches_simulation(corr, scale):
     noise = signal.fftconvolve(rng.normal(size=(560, 560)), correlation_kernel(corr),
                                mode="valid")[:512, :512]
     binned = _bin(noise, scale)
-    hp = ndimage.correlate(binned, _HIGHPASS)[1:-1, 1:-1]
+    hp = _highpass(binned)
     cut = _WINDOW // 2
     energy = ndimage.uniform_filter(hp * hp, _WINDOW)[cut:-cut, cut:-cut]
     simulated = np.quantile(energy, _QUANTILE) / _chain_gain(corr, scale)
