@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
-from fm2s.noise import median_target, region_means, synthesize
+from fm2s.estimate import _neighbour_corr
+from fm2s.noise import median_target, region_means, synthesize, synthesize_poisson_gaussian
 
 
 def test_region_means_ignore_padding_in_edge_tiles():
@@ -52,3 +54,42 @@ def test_synthesis_is_reproducible_and_in_range():
                         generator=torch.Generator().manual_seed(7)) for _ in range(2)]
     assert torch.equal(draws[0], draws[1])
     assert draws[0].min() >= 0 and draws[0].max() <= 1
+
+
+@pytest.mark.parametrize("gain, read_var", [(0.01, 1e-4), (0.013, -1.7e-4)])
+def test_white_poisson_gaussian_draws_are_poisson_counts_with_the_fitted_variance(gain, read_var):
+    """White noise: mean c, variance a c + b, and shot noise skewed like Poisson counts."""
+    c = np.float32(0.06)
+    target = torch.full((256, 256), float(c))
+    noisy = synthesize_poisson_gaussian(target, gain=gain, read_var=read_var, corr=0.0,
+                                        generator=torch.Generator().manual_seed(0)).numpy()
+    rate = (c + min(read_var, 0.0) / gain) / gain  # photons per pixel: 6 and 3.3
+    noise = noisy.astype(np.float64) - c
+    assert abs(noise.mean()) < 0.002
+    assert noise.var() == pytest.approx(gain * c + read_var, rel=0.03)
+    skew = (noise**3).mean() / noise.var() ** 1.5
+    shot_share = gain * c / (gain * c + max(read_var, 0.0))
+    assert skew == pytest.approx(shot_share**1.5 / np.sqrt(rate), rel=0.15)
+    if read_var < 0:  # no read noise to smear the counts: every value is on the count lattice
+        counts = noise / gain + rate
+        assert np.abs(counts - np.rint(counts)).max() < 1e-3
+
+
+def test_poisson_gaussian_draws_are_noise_free_below_the_offset_and_in_range():
+    target = torch.linspace(0, 1, 64 * 64).reshape(64, 64)
+    noisy = synthesize_poisson_gaussian(target, gain=0.02, read_var=-2e-4, corr=0.0,
+                                        generator=torch.Generator().manual_seed(1))
+    dark = target < 0.01  # a c + b <= 0: no noise at all
+    assert torch.equal(noisy[dark], target[dark])
+    assert noisy.min() >= 0 and noisy.max() <= 1
+
+
+def test_correlated_poisson_gaussian_draws_have_the_fitted_variance_and_correlation():
+    target = torch.full((384, 384), 0.3)
+    gain, read_var, corr = 0.01, 1e-4, 0.7
+    noisy = synthesize_poisson_gaussian(target, gain=gain, read_var=read_var, corr=corr,
+                                        generator=torch.Generator().manual_seed(2)).numpy()
+    noise = noisy.astype(np.float64) - 0.3
+    assert noise.var() == pytest.approx(gain * 0.3 + read_var, rel=0.05)
+    neighbour = (noise[:, 1:] * noise[:, :-1]).mean() / noise.var()
+    assert neighbour == pytest.approx(_neighbour_corr(corr), abs=0.02)
