@@ -136,6 +136,12 @@ def correlated_normal(shape, corr: float, *, generator: torch.Generator,
     return torch.nn.functional.conv2d(flat, weight).reshape(*lead, height, width)
 
 
+#: Below this gain ([0, 1] units: over a million photons at full scale) the shot noise is drawn
+#: from its normal approximation: counts that large lose precision in float32 (and overflow
+#: int64 near 1e19), and their skewness at full scale is below 0.001.
+_MIN_POISSON_GAIN = 1e-6
+
+
 def synthesize_poisson_gaussian(
     target: torch.Tensor, *, gain: float, read_var: float, corr: float,
     generator: torch.Generator,
@@ -146,14 +152,15 @@ def synthesize_poisson_gaussian(
     gain, ``b`` the read variance, ``c`` the target); its distribution follows the spatial
     correlation:
 
-    * white noise (``corr == 0``): the shot noise is drawn as Poisson counts,
+    * white noise (``corr == 0``, ``a >= 1e-6``): the shot noise is drawn as Poisson counts,
       ``z = c + a (P - lam)`` with ``P ~ Poisson(lam)``, ``lam = max(c + min(b, 0) / a, 0) / a``,
       plus normal read noise of variance ``max(b, 0)``. A negative ``b`` is an offset: the
       counts start at ``-b / a``. At the few photons per pixel of raw confocal and
       two-photon planes (about 3 at the mean) shot noise is skewed and discrete, and a network
       trained on its normal approximation denoises them worse;
-    * correlated noise (``corr > 0``): ``z = c + sqrt(max(a c + b, 0)) g`` with ``g`` unit
-      normal noise correlated by a Gaussian kernel of std ``corr`` pixels. Correlation comes
+    * otherwise (correlated noise, or so many photons that the counts are normal):
+      ``z = c + sqrt(max(a c + b, 0)) g`` with ``g`` unit normal noise correlated by a
+      Gaussian kernel of std ``corr`` pixels. Correlation comes
       from processing after detection (interpolation, demosaicing, binning), which mixes
       neighbouring counts and leaves the noise close to normal.
 
@@ -174,7 +181,7 @@ def synthesize_poisson_gaussian(
     -------
     Tensor, same shape as ``target``
     """
-    if corr <= 0 and gain > 0:
+    if corr <= 0 and gain >= _MIN_POISSON_GAIN:
         rate = (target + min(read_var, 0.0) / gain).clamp_(min=0.0).div_(gain)
         noisy = torch.poisson(rate, generator=generator).sub_(rate).mul_(gain).add_(target)
         if read_var > 0:

@@ -93,3 +93,14 @@ def test_correlated_poisson_gaussian_draws_have_the_fitted_variance_and_correlat
     assert noise.var() == pytest.approx(gain * 0.3 + read_var, rel=0.05)
     neighbour = (noise[:, 1:] * noise[:, :-1]).mean() / noise.var()
     assert neighbour == pytest.approx(_neighbour_corr(corr), abs=0.02)
+
+
+def test_poisson_gaussian_draws_stay_exact_with_a_vanishing_gain():
+    """Counts beyond float32 precision (or int64 range) fall back to the normal approximation."""
+    target = torch.rand(128, 128)
+    for gain in (1e-9, 1e-20, 1e-40):
+        noisy = synthesize_poisson_gaussian(target, gain=gain, read_var=1e-4, corr=0.0,
+                                            generator=torch.Generator().manual_seed(3))
+        inside = (target > 0.1) & (target < 0.9)  # away from the clamp at 0 and 1
+        assert torch.isfinite(noisy).all()
+        assert (noisy - target)[inside].var().item() == pytest.approx(1e-4, rel=0.05)
