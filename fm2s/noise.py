@@ -160,9 +160,9 @@ def synthesize_poisson_gaussian(
       trained on its normal approximation denoises them worse;
     * otherwise (correlated noise, or so many photons that the counts are normal):
       ``z = c + sqrt(max(a c + b, 0)) g`` with ``g`` unit normal noise correlated by a
-      Gaussian kernel of std ``corr`` pixels. Correlation comes
-      from processing after detection (interpolation, demosaicing, binning), which mixes
-      neighbouring counts and leaves the noise close to normal.
+      Gaussian kernel of std ``corr`` pixels. Correlation comes from processing after
+      detection (interpolation, binning), which mixes neighbouring counts and leaves the
+      noise close to normal.
 
     The result is clamped to [0, 1].
 

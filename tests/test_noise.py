@@ -63,7 +63,7 @@ def test_white_poisson_gaussian_draws_are_poisson_counts_with_the_fitted_varianc
     target = torch.full((256, 256), float(c))
     noisy = synthesize_poisson_gaussian(target, gain=gain, read_var=read_var, corr=0.0,
                                         generator=torch.Generator().manual_seed(0)).numpy()
-    rate = (c + min(read_var, 0.0) / gain) / gain  # photons per pixel: 6 and 3.3
+    rate = (c + min(read_var, 0.0) / gain) / gain  # photons per pixel: 6 and 3.6
     noise = noisy.astype(np.float64) - c
     assert abs(noise.mean()) < 0.002
     assert noise.var() == pytest.approx(gain * c + read_var, rel=0.03)
@@ -95,7 +95,7 @@ def test_correlated_poisson_gaussian_draws_have_the_fitted_variance_and_correlat
     assert neighbour == pytest.approx(_neighbour_corr(corr), abs=0.02)
 
 
-def test_poisson_gaussian_draws_stay_exact_with_a_vanishing_gain():
+def test_poisson_gaussian_draws_keep_their_variance_with_a_vanishing_gain():
     """Counts beyond float32 precision (or int64 range) fall back to the normal approximation."""
     target = torch.rand(128, 128)
     for gain in (1e-9, 1e-20, 1e-40):
