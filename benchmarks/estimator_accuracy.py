@@ -35,25 +35,27 @@ from fm2s.estimate import _chain_gain, _highpass  # noqa: E402
 from fm2s.planeio import read_image  # noqa: E402
 
 
-def residual_stats(residual: np.ndarray) -> tuple[float, float]:
-    """(std, mean of horizontal and vertical lag-1 correlation) of a zero-mean residual."""
+def residual_stats(residual: np.ndarray) -> tuple[float, float, float]:
+    """(std, mean of the lag-1 correlations along rows and along columns, their difference)
+    of a zero-mean residual."""
     var = residual.var()
-    across = (residual[:, 1:] * residual[:, :-1]).mean() / var
-    down = (residual[1:] * residual[:-1]).mean() / var
-    return float(np.sqrt(var)), float((across + down) / 2)
+    along_rows = (residual[:, 1:] * residual[:, :-1]).mean() / var
+    along_columns = (residual[1:] * residual[:-1]).mean() / var
+    return (float(np.sqrt(var)), float((along_rows + along_columns) / 2),
+            float(along_rows - along_columns))
 
 
-def highpass_share(residual: np.ndarray, corr: float) -> float:
-    """High-pass energy per unit variance of a zero-mean residual, over the model's (`corr`)."""
+def highpass_share(residual: np.ndarray, est) -> float:
+    """High-pass energy per unit variance of a zero-mean residual, over the model's."""
     energy = (_highpass(residual) ** 2).mean()
-    return float(energy / residual.var() / _chain_gain(float(corr), 1))
+    return float(energy / residual.var() / _chain_gain(est.corr, 1, est.line_corr))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
-    rows = defaultdict(list)  # (level, group) -> [(true std, est std, true nc, est nc)]
+    rows = defaultdict(list)  # (level, group) -> [(true std, nc, row excess, est ..., seen)]
     for path in sorted((args.data / "gt").glob("*.png")):
         truth = read_image(path).astype(np.float64)
         group = path.name.split("_")[0]
@@ -63,18 +65,22 @@ def main():
             residual = noisy.astype(np.float64) - truth
             residual -= residual.mean()
             rows[(level, group)].append((*residual_stats(residual), est.std_dn,
-                                         est.neighbour_corr, highpass_share(residual, est.corr)))
+                                         est.neighbour_corr, est.line_corr,
+                                         highpass_share(residual, est)))
     print("| level | microscope | true std (DN) | estimated std (DN) | est/true (min-max) "
-          "| true neighbour corr | estimated | seen by high-pass |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| true neighbour corr | estimated | true row - column corr | line_corr "
+          "| seen by high-pass |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     logs = []
     for level, group in sorted(rows, key=lambda k: (LEVELS.index(k[0]), k[1])):
-        true_std, true_nc, est_std, est_nc, seen = np.array(rows[(level, group)]).T
+        true_std, true_nc, true_rows, est_std, est_nc, est_line, seen = (
+            np.array(rows[(level, group)]).T)
         ratio = est_std / true_std
         logs += list(np.log(ratio))
         print(f"| {level} | {group} | {true_std.mean():.2f} | {est_std.mean():.2f} "
               f"| {ratio.mean():.2f} ({ratio.min():.2f}-{ratio.max():.2f}) "
-              f"| {true_nc.mean():.2f} | {est_nc.mean():.2f} | {seen.mean():.2f} |")
+              f"| {true_nc.mean():.2f} | {est_nc.mean():.2f} | {true_rows.mean():.3f} "
+              f"| {est_line.mean():.3f} | {seen.mean():.2f} |")
     logs = np.array(logs)
     print(f"\n{logs.size} images: RMS of log(est/true) {np.sqrt((logs**2).mean()):.3f}, "
           f"ratios {np.exp(logs.min()):.2f}-{np.exp(logs.max()):.2f}")

@@ -96,6 +96,35 @@ def test_weak_correlation_is_taken_as_white(clean):
     assert 0.03 * np.sqrt(0.78) * (1 - STD_TOL) < est.std < 0.03
 
 
+def row_correlated_noisy(clean, photons, read, rho, *, along_rows=True, seed=0):
+    """uint16 plane whose noise (variance clean/photons + read^2) has lag-1 correlation `rho`
+    between neighbours along rows (or along columns), as a moving average of two pixels."""
+    rng = np.random.default_rng(seed)
+    beta = (1 - np.sqrt(1 - 4 * rho**2)) / (2 * rho)
+    white = rng.normal(size=(clean.shape[0] + 1, clean.shape[1] + 1))
+    neighbour = white[1:, :-1] if along_rows else white[:-1, 1:]
+    noise = (white[1:, 1:] + beta * neighbour) / np.sqrt(1 + beta**2)
+    values = clean + np.sqrt(clean / photons + read**2) * noise
+    return np.clip(np.rint(values * 65535), 0, 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize(("photons", "rho"), [(100, 0.1), (100, 0.2), (30, 0.1)])
+def test_scan_line_correlation_is_measured(clean, photons, rho):
+    """Noise correlated along rows (a point scanner's detector bandwidth) is measured, and
+    the pixel variance with it: a white fit would see 1 - 4/3 rho of it (std 0.86x at 0.2)."""
+    est = estimate_noise(row_correlated_noisy(clean, photons, 0.01, rho))
+    assert est.line_corr == pytest.approx(rho, abs=0.03)
+    assert est.neighbour_corr < 0.3
+    assert est.std == pytest.approx(np.sqrt(est.mean / photons + 0.01**2), rel=0.08)
+
+
+def test_white_and_column_correlated_noise_have_no_line_correlation(clean):
+    """White noise gives none; correlation along columns is not measured (reads as none)."""
+    assert estimate_noise(make_noisy(clean, 100, 0.01)).line_corr < 0.01
+    across = row_correlated_noisy(clean, 100, 0.01, 0.1, along_rows=False)
+    assert estimate_noise(across).line_corr == 0.0
+
+
 @pytest.mark.parametrize("photons", [1000, 3000])
 def test_fine_texture_is_not_counted_as_noise(clean, photons):
     """Fine texture everywhere (as on two-photon cells at low noise): white noise found white.
@@ -110,7 +139,7 @@ def test_fine_texture_is_not_counted_as_noise(clean, photons):
     plane = np.clip(np.rint((textured + noise) * 65535), 0, 65535).astype(np.uint16)
     est = estimate_noise(plane)
     assert est.std == pytest.approx(np.sqrt(est.mean / photons + 1e-6), rel=0.08)
-    assert est.neighbour_corr < 0.1
+    assert est.neighbour_corr < 0.1 and est.line_corr < 0.02
 
 
 @pytest.mark.parametrize(("corr", "scale"), [(0.0, 1), (0.0, 2), (0.7, 1), (0.7, 2)])
