@@ -6,7 +6,7 @@ to ``"ome"`` (NGFF 0.5, ``zarr.json``) or next to ``"multiscales"``/``"omero"``
 
     {
       "schema": 1,
-      "fm2s_version": "0.1.0",
+      "fm2s_version": "0.2.0",
       "git_commit": "<sha>" | null,    # HEAD of the checkout fm2s was run from
       "git_dirty": true | false | null,  # tracked files modified in that checkout
       "settings": {...},               # Settings.to_dict(): every effective setting
