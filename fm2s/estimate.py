@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -139,9 +139,8 @@ class NoiseEstimate:
     line_corr : float
         Correlation of neighbours along a row (the scan line of point-scanning microscopes)
         in excess of neighbours along a column, where the Gaussian correlation is weak
-        (``neighbour_corr < WEAK_CORR``); 0 otherwise.
-        The pixel variance accounts for it; synthesis draws white noise (see
-        :func:`estimate_noise`).
+        (``neighbour_corr < WEAK_CORR``); 0 otherwise. The pixel variance accounts for it;
+        synthesis draws white noise.
     """
 
     gain: float
@@ -193,7 +192,7 @@ def _chain_kernel(corr: float, scale: int, line_corr: float = 0.0) -> np.ndarray
     return signal.convolve2d(signal.convolve2d(noise_kernel(corr, line_corr), box), dilated)
 
 
-@cache
+@lru_cache(maxsize=4096)  # bounded: line_corr takes a new value on every plane
 def _chain_gain(corr: float, scale: int, line_corr: float = 0.0) -> float:
     """Variance of high-pass output per unit pixel variance of the correlated noise.
 
@@ -393,7 +392,7 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
     dominates, the correlation width within 0.15 px; with fine texture on every cell, white
     noise is still found white and its std within 8 %. The level sets only use windows without
     pixels at 0 or at ``data_range`` (clipped), so saturated and dark areas do not bias the
-    fit. On the 100 FMD test_mix planes the estimated std is 0.66-1.25 times the std of
+    fit. On the 100 FMD test_mix planes the estimated std is 0.68-1.25 times the std of
     noisy minus ground truth (``benchmarks/estimator_accuracy.py``,
     ``docs/noise-estimation.md``); correlated noise on a plane textured everywhere, and
     correlation weaker than ``WEAK_CORR``, is taken as white and underestimated, except for
