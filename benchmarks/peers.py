@@ -9,9 +9,9 @@ median    3 x 3 median filter (``scipy.ndimage.median_filter``, reflect borders)
 bm3d      BM3D (``bm3d`` package, default profile) on the generalized Anscombe transform of
           the image (Makitalo & Foi 2013, closed-form unbiased inverse), with the
           Poisson-Gaussian noise fitted blindly on the image itself by fm2s's estimator
-          (``fm2s.estimate.estimate_noise``: gain, read variance and the width of a Gaussian
-          spatial correlation, see docs/noise-estimation.md), BM3D being given the PSD of that
-          correlation
+          (``fm2s.estimate.estimate_noise``: gain, read variance, the width of a Gaussian
+          spatial correlation and the correlation along rows, see docs/noise-estimation.md),
+          BM3D being given the PSD of that correlation
 nlm       non-local means (``skimage.restoration.denoise_nl_means``, fast mode, 5 x 5 patches,
           search distance 6, h = 0.8 sigma: the parameters of skimage's own example) on the
           same transform (white noise of unit variance assumed)
@@ -141,32 +141,31 @@ def _vst(denoise_gaussian):
         noise = estimate_noise(noisy)
         a, b = max(noise.gain_dn, 1e-3), noise.read_var_dn  # a = 0: Gaussian noise only
         stabilised = anscombe(noisy.astype(np.float64), a, b)
-        return inverse_anscombe(denoise_gaussian(stabilised, noise.corr), a, b)
+        return inverse_anscombe(denoise_gaussian(stabilised, noise), a, b)
 
     return run
 
 
-def correlated_psd(shape: tuple[int, int], corr: float) -> np.ndarray | float:
+def correlated_psd(shape: tuple[int, int], noise) -> np.ndarray | float:
     """BM3D's noise PSD (its convention: ``sigma**2 * M * N`` for white noise) of unit-variance
-    noise correlated by a Gaussian kernel of std `corr` pixels (1.0, i.e. white, for 0)."""
-    if corr <= 0:
+    noise with the correlation of the estimate `noise` (1.0 for white noise)."""
+    from fm2s.estimate import noise_kernel
+
+    if noise.corr <= 0 and noise.line_corr <= 0:
         return 1.0
-    radius = int(np.ceil(4 * corr))
-    y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    kernel = np.exp(-(x**2 + y**2) / (2 * corr**2))
-    kernel /= np.sqrt((kernel**2).sum())
+    kernel = noise_kernel(noise.corr, noise.line_corr)
     return np.abs(np.fft.fft2(kernel, s=shape)) ** 2 * shape[0] * shape[1]
 
 
-def _bm3d(d: np.ndarray, corr: float) -> np.ndarray:
+def _bm3d(d: np.ndarray, noise) -> np.ndarray:
     import bm3d
 
     if not hasattr(np, "trapz"):  # bm4d 4.2.5, the latest, reads coloured PSDs with it
         np.trapz = np.trapezoid  # noqa: NPY201  (gone in NumPy 2.4; the same function)
-    return bm3d.bm3d(d, sigma_psd=correlated_psd(d.shape, corr))
+    return bm3d.bm3d(d, sigma_psd=correlated_psd(d.shape, noise))
 
 
-def _nlm(d: np.ndarray, corr: float) -> np.ndarray:
+def _nlm(d: np.ndarray, noise) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
     # NLM has no model of correlated noise: the unit variance is all it is told.

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .noise import correlated_normal, median_target, region_means
+from .noise import correlate_rows, correlated_normal, median_target, region_means
 from .settings import Settings, make_settings
 from .train import PlaneData, extract_model, fit, group_key, predict
 
@@ -256,7 +256,8 @@ def sure_blend_weight(net, noisy: np.ndarray, clean: np.ndarray, settings: Setti
 
     Stein's unbiased risk estimate of the blend, for noise of covariance ``C`` (pixel variance
     ``gain * u + read_var`` at the denoised intensity ``u``, correlated as in
-    :func:`fm2s.noise.correlated_normal`, plus white rounding noise), is minimised by
+    :func:`fm2s.noise.correlated_normal` and :func:`fm2s.noise.correlate_rows`, plus white
+    rounding noise), is minimised by
     ``w = (tr C - tr(J C)) / ||noisy - clean||^2`` where ``J`` is the network's Jacobian. The
     trace ``tr(J C)`` is estimated by one Monte-Carlo probe ``p ~ N(0, C)``:
     ``p . (f(y + eps p) - f(y)) / eps``. The network's dependence on the plane through its
@@ -268,7 +269,8 @@ def sure_blend_weight(net, noisy: np.ndarray, clean: np.ndarray, settings: Setti
     if total <= 0 or residual <= 0:
         return 1.0
     gen = torch.Generator().manual_seed(seed ^ 0xB1E4D)
-    probe = correlated_normal(noisy.shape, settings.noise_corr, generator=gen).numpy()
+    probe = correlate_rows(correlated_normal(noisy.shape, settings.noise_corr, generator=gen),
+                           settings.noise_line_corr, settings.noise_corr).numpy()
     probe = probe.astype(np.float64) * np.sqrt(variance)
     probe += np.sqrt(quantization_var) * torch.randn(noisy.shape, generator=gen).numpy()
     eps = 0.1  # a tenth of the noise: small enough for a local slope, large enough for float32

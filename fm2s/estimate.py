@@ -61,7 +61,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, signal, stats
 
-from .noise import correlation_kernel
+from .noise import correlation_kernel, neighbour_corr, row_beta
+from .settings import AUTO_FIELDS
 
 __all__ = ["NoiseEstimate", "auto_settings", "estimate_noise", "noise_kernel",
            "resolve_settings"]
@@ -91,6 +92,7 @@ WEAK_CORR = 0.3
 #: :func:`estimate_noise` corrects for; stronger correlation is the Gaussian model's business.
 LINE_CORR_MAX = 0.3
 _SECOND_DIFF = np.array([[1.0, -2.0, 1.0]])  # along x; its transpose along y
+_LINE_MIN_NOISE = 3.0
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,8 @@ class NoiseEstimate:
     line_corr : float
         Correlation of neighbours along a row (the scan line of point-scanning microscopes)
         in excess of neighbours along a column, where the Gaussian correlation is weak
-        (``neighbour_corr < WEAK_CORR``); 0 otherwise. The pixel variance accounts for it;
-        synthesis draws white noise.
+        (``neighbour_corr < WEAK_CORR``); 0 otherwise. The pixel variance accounts for it,
+        and ``auto`` synthesises it (``Settings.noise_line_corr``).
     """
 
     gain: float
@@ -174,14 +176,15 @@ def noise_kernel(corr: float, line_corr: float = 0.0) -> np.ndarray:
     """Unit-energy kernel that gives white noise the correlation of a :class:`NoiseEstimate`.
 
     The Gaussian kernel of width `corr` (:func:`fm2s.noise.correlation_kernel`), followed by
-    the two-tap moving average ``[1, beta] / sqrt(1 + beta^2)`` along x whose output has lag-1
-    correlation ``beta / (1 + beta^2) = line_corr`` (``line_corr`` in [0, 0.5)).
+    the two-tap moving average ``[1, beta]`` along x that gives white noise the lag-1
+    correlation ``beta / (1 + beta^2) = line_corr`` (``line_corr`` in [0, 0.5)), normalised to
+    unit energy (pixel variance kept), as :func:`fm2s.noise.correlate_rows` draws it.
     """
     kernel = correlation_kernel(corr)
     if line_corr <= 0:
         return kernel
-    beta = (1.0 - np.sqrt(1.0 - 4.0 * line_corr**2)) / (2.0 * line_corr)
-    return signal.convolve2d(kernel, np.array([[1.0, beta]]) / np.sqrt(1.0 + beta**2))
+    kernel = signal.convolve2d(kernel, np.array([[1.0, row_beta(line_corr)]]))
+    return kernel / np.sqrt((kernel**2).sum())
 
 
 def _chain_kernel(corr: float, scale: int, line_corr: float = 0.0) -> np.ndarray:
@@ -268,12 +271,7 @@ def _lowfreq_gain(corr: float) -> float:
     return float(k.sum() ** 2)
 
 
-def _neighbour_corr(corr: float) -> float:
-    """Correlation of horizontally adjacent pixels for the (discrete) kernel of width `corr`."""
-    k = correlation_kernel(corr)
-    if k.shape[1] < 2:
-        return 0.0
-    return float((k[:, 1:] * k[:, :-1]).sum())
+_neighbour_corr = neighbour_corr
 
 
 def _bin(plane: np.ndarray, scale: int) -> np.ndarray:
@@ -348,7 +346,8 @@ def _line_corr(plane: np.ndarray, valid: np.ndarray, quant: float) -> float:
     so their robust energies in each level set give ``rho = 3/4 (1 - E_x / E_y)``; the median
     over level sets where both look like noise is returned. Texture oriented along x reads as
     correlation and is capped at ``LINE_CORR_MAX``; correlation across rows is not measured
-    (it reads as 0).
+    (it reads as 0). Level sets whose noise variance is under ``_LINE_MIN_NOISE`` times the
+    rounding noise's are left out: texture, not noise, then fills even the flattest windows.
     """
     (along_x, along_y), mean = _window_energies(plane, valid, [_SECOND_DIFF, _SECOND_DIFF.T])
     if mean.size < _MIN_COUNT:
@@ -357,7 +356,7 @@ def _line_corr(plane: np.ndarray, valid: np.ndarray, quant: float) -> float:
     for members in _level_set_members(mean):
         (ex, x_like), (ey, y_like) = (_robust_energy(e[members]) for e in (along_x, along_y))
         ex, ey = ex - 6.0 * quant, ey - 6.0 * quant  # white rounding noise in both
-        if x_like and y_like and ey > 0:
+        if x_like and y_like and ey > 6.0 * _LINE_MIN_NOISE * quant:
             rhos.append(0.75 * (1.0 - ex / ey))
     return float(np.clip(np.median(rhos), 0.0, LINE_CORR_MAX)) if rhos else 0.0
 
@@ -589,14 +588,16 @@ def auto_settings(estimate: NoiseEstimate, settings=None):
     Settings
         ``noise_model="poisson-gaussian"`` with ``gain = a``, ``read_var = b`` and
         ``noise_corr = corr`` of the estimate (so the synthetic noise added to the median image
-        has the real noise's pixel variance at every intensity and its spatial correlation),
+        has the real noise's pixel variance at every intensity and its spatial correlation, rows
+        included: ``noise_line_corr = line_corr``),
         ``median_size`` from :func:`median_window`, and ``auto_fields=()``.
     """
     from .settings import make_settings
 
     settings = make_settings("auto") if settings is None else settings
     chosen = {"median_size": median_window(estimate), "gain": estimate.gain,
-              "read_var": estimate.read_var, "noise_corr": estimate.corr}
+              "read_var": estimate.read_var, "noise_corr": estimate.corr,
+              "noise_line_corr": estimate.line_corr}
     changes = {k: v for k, v in chosen.items() if k in settings.auto_fields}
     return settings.replace(**changes, auto_fields=())
 
@@ -762,7 +763,7 @@ def provenance_record(references: dict[str, Any], plane_infos: dict[str, Any]) -
         settings = info.get("settings", {})
         entry = {"source": info.get("source"), "plane_std_dn": info.get("plane_std_dn"),
                  "blend": info.get("blend"),
-                 **{k: settings.get(k, 0.0) for k in AUTO_SETTINGS_RECORDED}}
+                 **{k: settings.get(k, 0.0) for k in AUTO_FIELDS}}
         if info.get("source") == "plane":
             entry["estimate"] = info.get("estimate")
         planes[label] = entry
@@ -775,7 +776,3 @@ def provenance_record(references: dict[str, Any], plane_infos: dict[str, Any]) -
         "references": references,
         "planes": planes,
     }
-
-
-#: Settings fields chosen by ``auto`` that provenance records per plane.
-AUTO_SETTINGS_RECORDED = ("median_size", "gain", "read_var", "noise_corr")

@@ -6,6 +6,8 @@ explicitly, so every draw is reproducible from a seed.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -136,6 +138,42 @@ def correlated_normal(shape, corr: float, *, generator: torch.Generator,
     return torch.nn.functional.conv2d(flat, weight).reshape(*lead, height, width)
 
 
+def row_beta(line_corr: float) -> float:
+    """Weight ``beta`` of the unit-energy two-tap average ``(n_x + beta n_(x-1)) / sqrt(1 +
+    beta^2)`` whose output has the lag-1 correlation ``beta / (1 + beta^2) = line_corr`` along
+    rows (``line_corr`` in [0, 0.5); 0 gives 0)."""
+    if line_corr <= 0:
+        return 0.0
+    return (1.0 - math.sqrt(1.0 - 4.0 * line_corr**2)) / (2.0 * line_corr)
+
+
+def neighbour_corr(corr: float) -> float:
+    """Correlation of horizontally adjacent pixels for the (discrete) kernel of width `corr`."""
+    kernel = correlation_kernel(corr)
+    if kernel.shape[1] < 2:
+        return 0.0
+    return float((kernel[:, 1:] * kernel[:, :-1]).sum())
+
+
+def correlate_rows(noise: torch.Tensor, line_corr: float, corr: float = 0.0) -> torch.Tensor:
+    """`noise` (..., Y, X) averaged along rows by the two-tap kernel of :func:`row_beta`.
+
+    White noise gets the lag-1 correlation `line_corr` along rows, as the detector's bandwidth
+    gives neighbours on a scan line. Noise already correlated by :func:`correlation_kernel` of
+    width `corr` is averaged alike. Either keeps its variance. The first column, which has no
+    left neighbour, is only rescaled. Returns `noise` itself when `line_corr` is 0.
+    """
+    if line_corr <= 0:
+        return noise
+    beta = row_beta(line_corr)
+    # Variance of the average of unit-variance neighbours of correlation neighbour_corr(corr).
+    gain = 1.0 + 2.0 * beta * neighbour_corr(corr) / (1.0 + beta**2)
+    rows = noise / math.sqrt(gain)
+    rows[..., 1:] = ((noise[..., 1:] + beta * noise[..., :-1])
+                     / math.sqrt((1.0 + beta**2) * gain))
+    return rows
+
+
 #: Below this gain ([0, 1] units: over a million photons at full scale) the shot noise is drawn
 #: from its normal approximation: counts that large lose precision in float32 (and overflow
 #: int64 near 1e19), and their skewness at full scale is below 0.001.
@@ -144,7 +182,7 @@ _MIN_POISSON_GAIN = 1e-6
 
 def synthesize_poisson_gaussian(
     target: torch.Tensor, *, gain: float, read_var: float, corr: float,
-    generator: torch.Generator,
+    generator: torch.Generator, line_corr: float = 0.0,
 ) -> torch.Tensor:
     """Draw a noisy copy of ``target`` with the noise model of :mod:`fm2s.estimate`.
 
@@ -164,7 +202,8 @@ def synthesize_poisson_gaussian(
       detection (interpolation, binning), which mixes neighbouring counts and leaves the
       noise close to normal.
 
-    The result is clamped to [0, 1].
+    Either noise is then averaged along rows to the lag-1 correlation `line_corr`
+    (:func:`correlate_rows`), and the result is clamped to [0, 1].
 
     Parameters
     ----------
@@ -176,6 +215,8 @@ def synthesize_poisson_gaussian(
         Correlation kernel width in pixels (0: white).
     generator : torch.Generator
         On the same device as ``target``.
+    line_corr : float
+        Lag-1 correlation along rows, in [0, 0.5) (0: none).
 
     Returns
     -------
@@ -183,13 +224,15 @@ def synthesize_poisson_gaussian(
     """
     if corr <= 0 and gain >= _MIN_POISSON_GAIN:
         rate = (target + min(read_var, 0.0) / gain).clamp_(min=0.0).div_(gain)
-        noisy = torch.poisson(rate, generator=generator).sub_(rate).mul_(gain).add_(target)
+        noise = torch.poisson(rate, generator=generator).sub_(rate).mul_(gain)
         if read_var > 0:
             read = torch.randn(target.shape, generator=generator, device=target.device,
                                dtype=target.dtype)
-            noisy.add_(read.mul_(read_var**0.5))
-        return noisy.clamp_(0.0, 1.0)
-    noise = correlated_normal(target.shape, corr, generator=generator, device=target.device,
-                              dtype=target.dtype)
-    std = (target * gain + read_var).clamp_(min=0.0).sqrt_()
-    return noise.mul_(std).add_(target).clamp_(0.0, 1.0)
+            noise.add_(read.mul_(read_var**0.5))
+    else:
+        noise = correlate_rows(correlated_normal(target.shape, corr, generator=generator,
+                                                 device=target.device, dtype=target.dtype),
+                               line_corr, corr)
+        return noise.mul_((target * gain + read_var).clamp_(min=0.0).sqrt_()).add_(
+            target).clamp_(0.0, 1.0)
+    return correlate_rows(noise, line_corr).add_(target).clamp_(0.0, 1.0)

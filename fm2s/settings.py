@@ -26,7 +26,7 @@ __all__ = ["AUTO_FIELDS", "NOISE_MODELS", "PRESETS", "RECIPES", "Settings", "mak
            "parse_overrides"]
 
 #: Fields that ``preset="auto"`` chooses from each plane's noise estimate.
-AUTO_FIELDS = ("median_size", "gain", "read_var", "noise_corr")
+AUTO_FIELDS = ("median_size", "gain", "read_var", "noise_corr", "noise_line_corr")
 
 # Noise synthesis per microscope (reference code v2; "v1" is the single preset of paper v1).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -53,6 +53,7 @@ _BLENDS = ("none", "sure")
 # Fields added after the first release: written by to_dict only when they differ from their
 # defaults, so the digests (and workflow result names) of existing settings do not change.
 _OPTIONAL = {"noise_model": "fm2s", "gain": 0.0, "read_var": 0.0, "noise_corr": 0.0,
+             "noise_line_corr": 0.0,
              "blend": "none", "auto_fields": (), "turn_average": False}
 
 # Network and schedule. Step counts are optimiser steps; a "sample" is one fresh noise draw.
@@ -152,6 +153,9 @@ class Settings:
     noise_corr : float
         Std (pixels) of the Gaussian kernel, normalised to unit energy, that spatially
         correlates the ``poisson-gaussian`` noise; 0 is white noise.
+    noise_line_corr : float
+        Lag-1 correlation, in [0, 0.5), that a two-tap moving average along rows adds to the
+        ``poisson-gaussian`` noise (the scan lines of point-scanning microscopes); 0: none.
     blend : {'none', 'sure'}
         ``sure``: output ``w * net + (1 - w) * input`` with the weight ``w`` in [0, 1] that
         minimises Stein's unbiased risk estimate under the Poisson-Gaussian model above (needs
@@ -189,6 +193,7 @@ class Settings:
     gain: float = _OPTIONAL["gain"]
     read_var: float = _OPTIONAL["read_var"]
     noise_corr: float = _OPTIONAL["noise_corr"]
+    noise_line_corr: float = _OPTIONAL["noise_line_corr"]
     blend: str = _OPTIONAL["blend"]
     auto_fields: tuple[str, ...] = _OPTIONAL["auto_fields"]
     turn_average: bool = _OPTIONAL["turn_average"]
@@ -256,15 +261,16 @@ class Settings:
         if self.blend not in _BLENDS:
             msg = f"settings: unknown blend {self.blend!r}; expected one of {_choices(_BLENDS)}"
             raise ValueError(msg)
-        for name in ("gain", "read_var", "noise_corr"):
+        for name in ("gain", "read_var", "noise_corr", "noise_line_corr"):
             value = getattr(self, name)
             if (not isinstance(value, (int, float)) or isinstance(value, bool)
                     or not np.isfinite(value)):
                 msg = f"settings: {name} must be a finite number, got {value!r}"
                 raise ValueError(msg)
-        if self.gain < 0 or self.noise_corr < 0 or self.noise_corr > 5:
-            msg = (f"settings: gain must be >= 0 and noise_corr in [0, 5], got {self.gain}, "
-                   f"{self.noise_corr}")
+        if (self.gain < 0 or not 0 <= self.noise_corr <= 5
+                or not 0 <= self.noise_line_corr < 0.5):
+            msg = (f"settings: gain must be >= 0, noise_corr in [0, 5] and noise_line_corr in "
+                   f"[0, 0.5), got {self.gain}, {self.noise_corr}, {self.noise_line_corr}")
             raise ValueError(msg)
         unknown = set(self.auto_fields) - set(AUTO_FIELDS)
         if unknown:

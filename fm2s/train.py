@@ -87,7 +87,8 @@ def _draw_batch(plane: PlaneData, settings: Settings, crop: tuple[int, int]):
 def _synthesize(target, means, settings: Settings, generator) -> torch.Tensor:
     if settings.noise_model == "poisson-gaussian":
         return synthesize_poisson_gaussian(target, gain=settings.gain, read_var=settings.read_var,
-                                           corr=settings.noise_corr, generator=generator)
+                                           corr=settings.noise_corr, generator=generator,
+                                           line_corr=settings.noise_line_corr)
     return synthesize(target, means, k_g=settings.k_g, k_p=settings.k_p, lam_p=settings.lam_p,
                       generator=generator)
 

@@ -125,6 +125,15 @@ def test_white_and_column_correlated_noise_have_no_line_correlation(clean):
     assert estimate_noise(across).line_corr == 0.0
 
 
+def test_no_row_correlation_from_texture_at_the_rounding_noise_level(clean):
+    """Noise far below the rounding noise: texture smoother along rows than across fills the
+    flattest windows, and read as row correlation it hit the cap (0.3) before the guard."""
+    rng = np.random.default_rng(6)
+    texture = ndimage.gaussian_filter(rng.normal(size=clean.shape), (0.4, 1.0))
+    plane = clean * 200 + 10 + 0.3 * texture / texture.std() + rng.normal(0, 0.1, clean.shape)
+    assert estimate_noise(np.clip(np.rint(plane), 0, 255).astype(np.uint8)).line_corr == 0.0
+
+
 @pytest.mark.parametrize("photons", [1000, 3000])
 def test_fine_texture_is_not_counted_as_noise(clean, photons):
     """Fine texture everywhere (as on two-photon cells at low noise): white noise found white.
@@ -197,6 +206,8 @@ def test_auto_maps_estimate_to_settings(clean):
     s = auto_settings(white)
     assert s.preset == "auto" and not s.needs_estimate and s.noise_model == "poisson-gaussian"
     assert (s.gain, s.read_var, s.noise_corr) == (white.gain, white.read_var, white.corr)
+    rows = estimate_noise(row_correlated_noisy(clean, 100, 0.01, 0.1))
+    assert auto_settings(rows).noise_line_corr == rows.line_corr > 0.05
     assert s.median_size == 3 and median_window(correlated) in (7, 9)
     assert auto_settings(correlated).median_size == median_window(correlated)
 

@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from fm2s.estimate import _neighbour_corr
-from fm2s.noise import median_target, region_means, synthesize, synthesize_poisson_gaussian
+from fm2s.noise import (
+    correlate_rows,
+    median_target,
+    region_means,
+    synthesize,
+    synthesize_poisson_gaussian,
+)
 
 
 def test_region_means_ignore_padding_in_edge_tiles():
@@ -93,6 +99,35 @@ def test_correlated_poisson_gaussian_draws_have_the_fitted_variance_and_correlat
     assert noise.var() == pytest.approx(gain * 0.3 + read_var, rel=0.05)
     neighbour = (noise[:, 1:] * noise[:, :-1]).mean() / noise.var()
     assert neighbour == pytest.approx(_neighbour_corr(corr), abs=0.02)
+
+
+@pytest.mark.parametrize(("corr", "read_var"), [(0.0, -1e-4), (0.0, 1e-4), (0.7, 1e-4)])
+def test_row_correlation_is_added_to_both_kinds_of_draw(corr, read_var):
+    """noise_line_corr: the fitted variance kept, neighbours along rows correlated by it more
+    than neighbours along columns."""
+    target = torch.full((384, 384), 0.3)
+    gain, line = 0.01, 0.1
+    noisy = synthesize_poisson_gaussian(target, gain=gain, read_var=read_var, corr=corr,
+                                        line_corr=line,
+                                        generator=torch.Generator().manual_seed(4)).numpy()
+    noise = noisy.astype(np.float64) - 0.3
+    along_rows = (noise[:, 1:] * noise[:, :-1]).mean() / noise.var()
+    along_columns = (noise[1:] * noise[:-1]).mean() / noise.var()
+    assert noise.var() == pytest.approx(gain * 0.3 + read_var, rel=0.05)
+    if corr == 0:
+        assert along_rows == pytest.approx(line, abs=0.01) and abs(along_columns) < 0.01
+    else:  # the rows' average of already correlated neighbours: less excess than on white
+        assert along_columns == pytest.approx(_neighbour_corr(corr), abs=0.02)
+        assert 0.02 < along_rows - along_columns < line
+
+
+def test_correlate_rows_keeps_white_noise_variance():
+    white = torch.randn(512, 512, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert correlate_rows(white, 0.0) is white
+    rows = correlate_rows(white, 0.2).numpy()
+    assert rows.var() == pytest.approx(1.0, rel=0.02)
+    assert (rows[:, 1:] * rows[:, :-1]).mean() == pytest.approx(0.2, abs=0.01)
+    assert np.array_equal(rows[:, 0], white.numpy()[:, 0])
 
 
 def test_poisson_gaussian_draws_keep_their_variance_with_a_vanishing_gain():

@@ -51,6 +51,7 @@ def test_steps_override_sets_samples():
         (lambda: make_settings(lr_schedule="cosine"), "unknown lr_schedule"),
         (lambda: make_settings(precision="float16"), "unknown precision"),
         (lambda: make_settings(steps=0), "steps must be"),
+        (lambda: make_settings("auto", noise_line_corr=0.5), "noise_line_corr in"),
         (lambda: Settings.from_dict({"bogus": 1}), "unknown keys 'bogus'"),
         (lambda: Settings.from_dict({"preset": "confocal"}), "missing keys .*'channels'"),
         (lambda: parse_overrides(["k_g"]), "expected KEY=VALUE"),
