@@ -229,10 +229,10 @@ def synthesize_poisson_gaussian(
             read = torch.randn(target.shape, generator=generator, device=target.device,
                                dtype=target.dtype)
             noise.add_(read.mul_(read_var**0.5))
+        noise = correlate_rows(noise, line_corr)
     else:
-        noise = correlate_rows(correlated_normal(target.shape, corr, generator=generator,
-                                                 device=target.device, dtype=target.dtype),
-                               line_corr, corr)
-        return noise.mul_((target * gain + read_var).clamp_(min=0.0).sqrt_()).add_(
-            target).clamp_(0.0, 1.0)
-    return correlate_rows(noise, line_corr).add_(target).clamp_(0.0, 1.0)
+        unit = correlated_normal(target.shape, corr, generator=generator, device=target.device,
+                                 dtype=target.dtype)
+        noise = correlate_rows(unit, line_corr, corr).mul_(
+            (target * gain + read_var).clamp_(min=0.0).sqrt_())
+    return noise.add_(target).clamp_(0.0, 1.0)
