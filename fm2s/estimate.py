@@ -62,7 +62,7 @@ import numpy as np
 from scipy import ndimage, signal, stats
 
 from .noise import correlation_kernel, neighbour_corr, row_beta
-from .settings import AUTO_FIELDS
+from .settings import AUTO_FIELDS, make_settings
 
 __all__ = ["NoiseEstimate", "auto_settings", "estimate_noise", "noise_kernel",
            "resolve_settings"]
@@ -271,8 +271,6 @@ def _lowfreq_gain(corr: float) -> float:
     return float(k.sum() ** 2)
 
 
-_neighbour_corr = neighbour_corr
-
 
 def _bin(plane: np.ndarray, scale: int) -> np.ndarray:
     if scale == 1:
@@ -291,7 +289,7 @@ def _window_energies(binned: np.ndarray, ok: np.ndarray, highpasses):
 
     Returns ``(energies, mean)``: one array of window energies per high-pass, and the signal
     level over each window's support, for the windows whose support has no clipped sample
-    (`ok` False). Empty when the plane is too small for one window.
+    (`ok` True on every sample of it). Empty when the plane is too small for one window.
     """
     if min(binned.shape) < _WINDOW + 2:
         return [], np.empty(0)
@@ -448,14 +446,13 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
         a = b = corr = res = line = 0.0
         used = 0
     else:
-        a, b, corr, res = fit
+        a, b, corr, line, res = fit
         used = len(rows)
-        line = line if _neighbour_corr(corr) < WEAK_CORR else 0.0
     mean = float(x.mean())
     var_at_mean = max(a * mean + b, 0.0)
     return NoiseEstimate(
         gain=float(a), read_var=float(b), gain_dn=float(a * scale), read_var_dn=float(b * scale**2),
-        corr=float(corr), neighbour_corr=_neighbour_corr(corr),
+        corr=float(corr), neighbour_corr=neighbour_corr(corr),
         lowfreq_gain=_lowfreq_gain(corr), mean=mean, std=float(np.sqrt(var_at_mean)),
         std_dn=float(np.sqrt(var_at_mean) * scale), data_range=float(scale),
         quantization_var=float(quant), levels=used, residual=float(res), line_corr=float(line),
@@ -481,11 +478,12 @@ def _untextured(rows):
 
 
 def _fit(rows, corr: float | None, quant: float, line_corr: float = 0.0):
-    """(a, b, corr, residual): weighted least squares of the level-set energies.
+    """(a, b, corr, line_corr, residual): weighted least squares of the level-set energies.
 
     `corr` is chosen by comparing the scales (:func:`_choose_corr`) unless given; then
     ``(a, b)`` is solved in closed form. Noise about as white as texture allows (neighbour
-    correlation below ``WEAK_CORR``) is taken to have the row correlation `line_corr` too.
+    correlation below ``WEAK_CORR``) is taken to have the row correlation `line_corr` too;
+    otherwise the returned `line_corr` is 0.
     """
     scales = np.array([r[0] for r in rows])
     means = np.array([r[1] for r in rows])
@@ -500,7 +498,7 @@ def _fit(rows, corr: float | None, quant: float, line_corr: float = 0.0):
         corr = _choose_corr(scales, means, var, quant)
     best = None
     for width in (CORR_GRID if corr is None else (corr,)):
-        line = line_corr if _neighbour_corr(float(width)) < WEAK_CORR else 0.0
+        line = line_corr if neighbour_corr(float(width)) < WEAK_CORR else 0.0
         gain = np.array([_chain_gain(float(width), int(s), line) for s in scales])
         design = np.stack([gain * means, gain], axis=1)
         sw = np.sqrt(weight)
@@ -516,10 +514,10 @@ def _fit(rows, corr: float | None, quant: float, line_corr: float = 0.0):
         rel = float(np.sqrt((count * ((var - model) / np.maximum(var, 1e-20)) ** 2).sum()
                             / count.sum()))
         if best is None or cost < best[0] - 1e-12 * abs(best[0]):
-            best = (cost, float(a), float(b), float(width), rel)
+            best = (cost, float(a), float(b), float(width), line, rel)
     if best is None or not np.isfinite(best[1:3]).all():
         return None
-    return best[1], best[2], best[3], best[4]
+    return best[1:]
 
 
 def _choose_corr(scales, means, var, quant: float):
@@ -549,7 +547,7 @@ def _choose_corr(scales, means, var, quant: float):
         stat.append(float(np.quantile(ratio, _CORR_QUANTILE)))
     stat = np.log(np.maximum(np.array(stat), 1e-30))
     corr = float(CORR_GRID[int(np.argmin(np.abs(stat)))])
-    return corr if _neighbour_corr(corr) >= WEAK_CORR else 0.0
+    return corr if neighbour_corr(corr) >= WEAK_CORR else 0.0
 
 
 # -- from an estimate to settings ---------------------------------------------------------------
@@ -592,8 +590,6 @@ def auto_settings(estimate: NoiseEstimate, settings=None):
         included: ``noise_line_corr = line_corr``),
         ``median_size`` from :func:`median_window`, and ``auto_fields=()``.
     """
-    from .settings import make_settings
-
     settings = make_settings("auto") if settings is None else settings
     chosen = {"median_size": median_window(estimate), "gain": estimate.gain,
               "read_var": estimate.read_var, "noise_corr": estimate.corr,
@@ -634,8 +630,6 @@ def resolve_settings(image, settings="auto", *, recipe: str = "fast",
     >>> resolved.noise_model, resolved.median_size, round(est.gain_dn, 1)  # doctest: +SKIP
     ('poisson-gaussian', 3, 1.0)
     """
-    from .settings import make_settings
-
     if isinstance(settings, str):
         settings = make_settings(settings, recipe, **overrides)
     elif overrides:

@@ -168,7 +168,8 @@ def correlate_rows(noise: torch.Tensor, line_corr: float, corr: float = 0.0) -> 
     beta = row_beta(line_corr)
     # Variance of the average of unit-variance neighbours of correlation neighbour_corr(corr).
     gain = 1.0 + 2.0 * beta * neighbour_corr(corr) / (1.0 + beta**2)
-    rows = noise / math.sqrt(gain)
+    rows = torch.empty_like(noise)
+    rows[..., :1] = noise[..., :1] / math.sqrt(gain)
     rows[..., 1:] = ((noise[..., 1:] + beta * noise[..., :-1])
                      / math.sqrt((1.0 + beta**2) * gain))
     return rows

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from fm2s.estimate import _neighbour_corr
 from fm2s.noise import (
     correlate_rows,
     median_target,
+    neighbour_corr,
     region_means,
     synthesize,
     synthesize_poisson_gaussian,
@@ -98,7 +98,7 @@ def test_correlated_poisson_gaussian_draws_have_the_fitted_variance_and_correlat
     noise = noisy.astype(np.float64) - 0.3
     assert noise.var() == pytest.approx(gain * 0.3 + read_var, rel=0.05)
     neighbour = (noise[:, 1:] * noise[:, :-1]).mean() / noise.var()
-    assert neighbour == pytest.approx(_neighbour_corr(corr), abs=0.02)
+    assert neighbour == pytest.approx(neighbour_corr(corr), abs=0.02)
 
 
 @pytest.mark.parametrize(("corr", "read_var"), [(0.0, -1e-4), (0.0, 1e-4), (0.7, 1e-4)])
@@ -117,7 +117,7 @@ def test_row_correlation_is_added_to_both_kinds_of_draw(corr, read_var):
     if corr == 0:
         assert along_rows == pytest.approx(line, abs=0.01) and abs(along_columns) < 0.01
     else:  # the rows' average of already correlated neighbours: less excess than on white
-        assert along_columns == pytest.approx(_neighbour_corr(corr), abs=0.02)
+        assert along_columns == pytest.approx(neighbour_corr(corr), abs=0.02)
         assert 0.02 < along_rows - along_columns < line
 
 
