@@ -10,6 +10,8 @@ file names) it scores, with skimage's PSNR (data range 255) and SSIM:
 * ``noisy``: the noisy input itself;
 * ``preset``: fm2s with its microscope's avg1 preset (``confocal``/``twophoton``/``widefield``,
   chosen by the file-name prefix), default ``fast`` recipe, seed 0;
+* ``confocal``: fm2s with the ``confocal`` preset on every image, what a user who picks no
+  preset got before version 0.3.0 (``fast`` recipe, seed 0);
 * ``auto``: fm2s with ``preset="auto"``, default ``fast`` recipe, seed 0; it is told neither the
   microscope nor the level. Its noise estimate and chosen parameters go into the ``params``
   column (JSON).
@@ -41,7 +43,7 @@ import fm2s  # noqa: E402
 from fm2s.planeio import read_image  # noqa: E402
 
 LEVELS = ("raw", "avg2", "avg4", "avg8", "avg16")
-METHODS = ("noisy", "preset", "auto")
+METHODS = ("noisy", "preset", "confocal", "auto")
 FIELDS = ["level", "image", "group", "method", "psnr", "ssim", "seconds", "params"]
 #: Mean PSNR of the hand-tuned "FM2S*" per level (arXiv 2412.10031), for reference in the table.
 FM2S_STAR = {"raw": 33.28, "avg2": 34.60, "avg4": 36.57, "avg8": 38.24, "avg16": 40.75}
@@ -54,6 +56,9 @@ def run_method(method: str, noisy: np.ndarray, group: str, threads: int):
     if method == "preset":
         out = fm2s.denoise(noisy, preset=PRESET[group], seed=0, device="cpu", threads=threads)
         return out, {"preset": PRESET[group]}
+    if method == "confocal":
+        out = fm2s.denoise(noisy, preset="confocal", seed=0, device="cpu", threads=threads)
+        return out, {"preset": "confocal"}
     if method == "auto":
         result = fm2s.denoise(noisy, preset="auto", seed=0, device="cpu", threads=threads,
                               return_info=True)
@@ -69,7 +74,7 @@ def run_method(method: str, noisy: np.ndarray, group: str, threads: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="noisy,preset,auto",
-                        help="comma list of: noisy, preset, auto")
+                        help="comma list of: " + ", ".join(METHODS))
     parser.add_argument("--levels", default=",".join(LEVELS), help="comma list of levels")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--csv", type=Path, default=Path("benchmarks/results/auto-levels.csv"))

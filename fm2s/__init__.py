@@ -1,13 +1,13 @@
 """fm2s: zero-shot FM2S denoising of fluorescence microscopy planes and stacks.
 
 >>> import fm2s
->>> clean = fm2s.denoise(noisy_plane, preset="confocal", seed=0)  # doctest: +SKIP
+>>> clean = fm2s.denoise(noisy_plane, seed=0)  # doctest: +SKIP  (preset="auto")
 """
 
 # Raised whenever the same input, settings and seed give a different output (a new estimator,
 # noise draw or training step), so that the workflow, which passes the version to its rules as
 # a parameter, denoises again what an earlier version made.
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .denoise import (  # noqa: E402  (the function shadows the module name on purpose)
     PlaneResult,

@@ -37,8 +37,8 @@ class UsageError(Exception):
 
 def _add_settings_options(parser: argparse.ArgumentParser, *, preset_help: str | None = None):
     group = parser.add_argument_group("denoising settings")
-    group.add_argument("--preset", default="confocal", help=preset_help or (
-        f"noise synthesis for a microscope: {', '.join(PRESETS)} (default: confocal)"))
+    group.add_argument("--preset", default="auto", help=preset_help or (
+        f"noise synthesis for a microscope: {', '.join(PRESETS)} (default: auto)"))
     group.add_argument("--recipe", default="fast", choices=sorted(RECIPES), help=(
         "network and training schedule: fast (default, seconds per plane), v2 or v1 "
         "(the published schedules, minutes per plane)"))

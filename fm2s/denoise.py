@@ -167,7 +167,7 @@ def iter_denoise_planes(
         Integer or float planes. On CUDA, up to ``CUDA_GROUP_SIZE`` consecutive planes whose
         training batches have equal shapes train together in one grouped pass.
     settings : Settings, optional
-        Default: ``make_settings()`` (confocal preset, fast recipe).
+        Default: ``make_settings()`` (``auto`` preset, fast recipe).
     seed : int
         Base seed; plane ``i`` uses ``plane_seed(seed, keys[i])``.
     keys : sequence of hashable, optional
@@ -330,7 +330,7 @@ def denoise_planes(planes, settings: Settings | None = None, **kwargs) -> list[n
 
 def denoise(
     image: np.ndarray,
-    preset: str = "confocal",
+    preset: str = "auto",
     seed: int = 0,
     *,
     recipe: str = "fast",
@@ -349,9 +349,10 @@ def denoise(
     image : ndarray (Y, X) or (Y, X, C) of ints, uints or floats
         The noisy plane. Not modified.
     preset : str
-        Noise synthesis for a microscope: ``confocal``, ``twophoton``, ``widefield``, ``base``
-        or ``v1``; or ``auto``: estimated from the plane itself (:func:`fm2s.estimate_noise`,
-        :func:`fm2s.resolve_settings`), for any microscope and noise level.
+        ``auto`` (default): noise synthesis estimated from the plane itself
+        (:func:`fm2s.estimate_noise`, :func:`fm2s.resolve_settings`), for any microscope and
+        noise level; or the paper's hand-set synthesis for a microscope: ``confocal``,
+        ``twophoton``, ``widefield``, ``base`` or ``v1``.
     seed : int
         Base seed; the same image, settings and seed always give the same result on CPU (with
         the same number of threads: float reductions depend on it).

@@ -363,17 +363,17 @@ def _expand_steps(overrides: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-def make_settings(preset: str = "confocal", recipe: str = "fast", *, _base: Settings | None = None,
+def make_settings(preset: str = "auto", recipe: str = "fast", *, _base: Settings | None = None,
                   **overrides) -> Settings:
     """Build validated settings from a preset, a recipe and explicit overrides.
 
     Parameters
     ----------
     preset : str
-        One of ``confocal``, ``twophoton``, ``widefield``, ``base``, ``v1``, or ``auto``:
-        the noise parameters (:data:`AUTO_FIELDS`) are then estimated from each plane when it
-        is denoised (see :func:`fm2s.estimate.resolve_settings`); any of them given as an
-        override is kept as given.
+        ``auto`` (default), or one of ``confocal``, ``twophoton``, ``widefield``, ``base``,
+        ``v1``. With ``auto`` the noise parameters (:data:`AUTO_FIELDS`) are estimated from
+        each plane when it is denoised (see :func:`fm2s.estimate.resolve_settings`); any of
+        them given as an override is kept as given.
     recipe : str
         One of ``fast`` (default), ``v2``, ``v1``.
     **overrides

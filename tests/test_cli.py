@@ -30,7 +30,7 @@ def test_denoise_png_keeps_dtype_and_shape(tmp_path, png, plane8):
 def test_denoise_tiff_stack_denoises_every_plane(tmp_path, plane8):
     stack = np.stack([plane8, np.fliplr(plane8), plane8]).astype(np.uint16) * 257
     src = tmp_path / "stack.tif"
-    tifffile.imwrite(src, stack)
+    tifffile.imwrite(src, stack, photometric="minisblack")  # three pages, not RGB
     out = tmp_path / "out.tif"
     assert main(["-q", "denoise", str(src), str(out), *TINY]) == 0
     result = tifffile.imread(out)

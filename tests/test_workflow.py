@@ -24,6 +24,7 @@ import yaml  # noqa: E402  (a dependency of snakemake)
 from fm2s._provenance import provenance  # noqa: E402
 from fm2s.chunks import synthetic_stack  # noqa: E402
 from fm2s.denoise import denoise_planes  # noqa: E402
+from fm2s.estimate import ChannelReferences  # noqa: E402
 from fm2s.ome import open_ome_zarr, write_ome_zarr  # noqa: E402
 from fm2s.settings import make_settings  # noqa: E402
 from fm2s.stacks import open_stack  # noqa: E402
@@ -75,17 +76,19 @@ def write_inputs(folder):
 
 
 def engine_result(path, seed=3):
-    """The engine called directly on a stack's planes, keyed (t, c, z) as the workflow does."""
+    """The engine called directly on a stack's planes, keyed (t, c, z) as the workflow does,
+    with the default (``auto``) settings' per-channel noise references."""
+    threads = torch.get_num_threads()
     with open_stack(path) as stack:
         keys = stack.plane_keys()
         planes = [stack.read_plane(k) for k in keys]
+        try:  # the jobs run with one thread (denoise.threads)
+            out = denoise_planes(planes, make_settings(**TINY), seed=seed,
+                                 keys=[tuple(k) for k in keys], device="cpu", threads=1,
+                                 noise_reference=ChannelReferences(stack))
+        finally:
+            torch.set_num_threads(threads)
         shape = stack.metadata.shape
-    threads = torch.get_num_threads()
-    try:  # the jobs run with one thread (denoise.threads)
-        out = denoise_planes(planes, make_settings(**TINY), seed=seed,
-                             keys=[tuple(k) for k in keys], device="cpu", threads=1)
-    finally:
-        torch.set_num_threads(threads)
     return np.stack(out).reshape(shape)
 
 
