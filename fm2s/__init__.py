@@ -1,7 +1,7 @@
 """fm2s: zero-shot FM2S denoising of fluorescence microscopy planes and stacks.
 
 >>> import fm2s
->>> clean = fm2s.denoise(noisy_plane, seed=0)  # doctest: +SKIP  (preset="auto")
+>>> clean = fm2s.denoise(noisy_plane, seed=0)  # doctest: +SKIP
 """
 
 # Raised whenever the same input, settings and seed give a different output (a new estimator,

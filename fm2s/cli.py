@@ -37,8 +37,10 @@ class UsageError(Exception):
 
 def _add_settings_options(parser: argparse.ArgumentParser, *, preset_help: str | None = None):
     group = parser.add_argument_group("denoising settings")
+    hand_set = ", ".join(p for p in PRESETS if p != "auto")
     group.add_argument("--preset", default="auto", help=preset_help or (
-        f"noise synthesis for a microscope: {', '.join(PRESETS)} (default: auto)"))
+        f"noise synthesis: auto (default: estimated from each plane), or a microscope's "
+        f"hand-set preset: {hand_set}"))
     group.add_argument("--recipe", default="fast", choices=sorted(RECIPES), help=(
         "network and training schedule: fast (default, seconds per plane), v2 or v1 "
         "(the published schedules, minutes per plane)"))
