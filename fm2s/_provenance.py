@@ -6,7 +6,7 @@ to ``"ome"`` (NGFF 0.5, ``zarr.json``) or next to ``"multiscales"``/``"omero"``
 
     {
       "schema": 1,
-      "fm2s_version": "0.2.0",
+      "fm2s_version": "0.3.0",
       "git_commit": "<sha>" | null,    # HEAD of the checkout fm2s was run from
       "git_dirty": true | false | null,  # tracked files modified in that checkout
       "settings": {...},               # Settings.to_dict(): every effective setting
@@ -94,9 +94,16 @@ def _iso(timestamp: float) -> str:
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str | None]:
-    """Installed versions of `names` (distribution names), ``None`` when absent."""
+    """Installed versions of `names` (distribution names), ``None`` when absent.
+
+    fm2s's own is the running code's ``fm2s.__version__``: an editable install's metadata keeps
+    the version it was installed with, however the code has changed since.
+    """
     out: dict[str, str | None] = {}
     for name in names:
+        if name == "fm2s":
+            out[name] = _package_version()
+            continue
         try:
             out[name] = importlib_metadata.version(name)
         except importlib_metadata.PackageNotFoundError:
@@ -216,7 +223,7 @@ def build_provenance(
     ).total_seconds()
     record = {
         "schema": SCHEMA_VERSION,
-        "fm2s_version": library_versions(("fm2s",))["fm2s"] or _package_version(),
+        "fm2s_version": _package_version(),
         "git_commit": commit,
         "git_dirty": dirty,
         "settings": settings,

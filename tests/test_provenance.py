@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
+import fm2s
 from fm2s._provenance import (
     PROVENANCE_KEY,
     build_provenance,
@@ -48,7 +49,9 @@ def make_record(tmp_path):
 def test_build_provenance_keys(tmp_path):
     record = make_record(tmp_path)
     source = tmp_path / "in.tif"
-    assert record["schema"] == 1 and record["fm2s_version"]
+    # The running code's version, not an (editable) install's possibly stale metadata.
+    assert record["schema"] == 1 and record["fm2s_version"] == fm2s.__version__
+    assert record["libraries"]["fm2s"] == fm2s.__version__
     assert record["settings"] == {"preset": "confocal", "samples": 20}
     assert record["seed"] == 7 and "(t, c, z)" in record["seed_derivation"]
     inp = record["input"]
