@@ -15,6 +15,8 @@ file names) it scores, with skimage's PSNR (data range 255) and SSIM:
 * ``auto``: fm2s with ``preset="auto"``, default ``fast`` recipe, seed 0; it is told neither the
   microscope nor the level. Its noise estimate and chosen parameters go into the ``params``
   column (JSON).
+* ``auto-12bit``: the same on the image stored as a 12-bit camera stores into uint16 (x 16, no
+  ``data_range``), the result divided by 16 and rounded back to 8 bits before scoring.
 
 Rows are appended to the CSV as they finish and rows already there are skipped, so an
 interrupted run resumes (the pattern of ``benchmarks/quality.py``, whose helpers it reuses).
@@ -43,7 +45,7 @@ import fm2s  # noqa: E402
 from fm2s.planeio import read_image  # noqa: E402
 
 LEVELS = ("raw", "avg2", "avg4", "avg8", "avg16")
-METHODS = ("noisy", "preset", "confocal", "auto")
+METHODS = ("noisy", "preset", "confocal", "auto", "auto-12bit")
 FIELDS = ["level", "image", "group", "method", "psnr", "ssim", "seconds", "params"]
 #: Mean PSNR of the hand-tuned "FM2S*" per level (arXiv 2412.10031), for reference in the table.
 FM2S_STAR = {"raw": 33.28, "avg2": 34.60, "avg4": 36.57, "avg8": 38.24, "avg16": 40.75}
@@ -59,14 +61,17 @@ def run_method(method: str, noisy: np.ndarray, group: str, threads: int):
     if method == "confocal":
         out = fm2s.denoise(noisy, preset="confocal", seed=0, device="cpu", threads=threads)
         return out, {"preset": "confocal"}
-    if method == "auto":
-        result = fm2s.denoise(noisy, preset="auto", seed=0, device="cpu", threads=threads,
+    if method in ("auto", "auto-12bit"):
+        stored = noisy if method == "auto" else noisy.astype(np.uint16) * 16
+        result = fm2s.denoise(stored, preset="auto", seed=0, device="cpu", threads=threads,
                               return_info=True)
         info = result.info
         settings = info["settings"]
         params = {k: settings[k] for k in ("median_size", "channels", "k_g", "k_p", "lam_p")}
         params.update(blend=info.get("blend"), estimate=info["estimate"])
-        return result.image, params
+        if method == "auto":
+            return result.image, params
+        return np.clip(np.rint(result.image / 16), 0, 255).astype(np.uint8), params
     msg = f"unknown method {method!r}; expected one of {', '.join(METHODS)}"
     raise ValueError(msg)
 
@@ -142,8 +147,8 @@ def summary(path: Path) -> str:
         sets = [set(psnr[(level, m)]) for m in methods if (level, m) in psnr]
         common = sorted(set.intersection(*sets)) if sets else []
         common_by_level[level] = common
-        cells = [f"{np.mean([psnr[(level, m)][i] for i in common]):.2f}" if common else "-"
-                 for m in methods]
+        cells = [f"{np.mean([psnr[(level, m)][i] for i in common]):.2f}"
+                 if common and psnr[(level, m)] else "-" for m in methods]
         lines.append(f"| {level} | {len(common)} | " + " | ".join(cells)
                      + f" | {FM2S_STAR[level]:.2f} |")
     lines += ["", "Per microscope type (mean PSNR, dB):", "",
@@ -154,7 +159,8 @@ def summary(path: Path) -> str:
             members = [i for i in common_by_level[level] if groups[i] == group]
             if not members:
                 continue
-            cells = [f"{np.mean([psnr[(level, m)][i] for i in members]):.2f}" for m in methods]
+            cells = [f"{np.mean([psnr[(level, m)][i] for i in members]):.2f}"
+                     if psnr[(level, m)] else "-" for m in methods]
             lines.append(f"| {level} | {group} | {len(members)} | " + " | ".join(cells) + " |")
     if {"noisy", "auto"} <= set(methods):
         lines += ["", "Per image, `auto` minus the noisy input (dB):", "",

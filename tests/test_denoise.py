@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 import fm2s
-from fm2s.denoise import denoise_planes, iter_denoise_planes, plane_seed, resolve_device
+from fm2s.denoise import (
+    denoise_planes,
+    iter_denoise_planes,
+    plane_seed,
+    resolve_device,
+    training_boost,
+)
 from fm2s.settings import make_settings
 
 
@@ -170,3 +176,33 @@ def test_warns_when_16_bit_data_use_few_levels(plane8, tiny_settings, caplog):
     with caplog.at_level("WARNING", logger="fm2s.denoise"):
         run(twelve_bit, tiny_settings, data_range=4095)
     assert "data_range" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fm2s.denoise"):  # auto has no fixed scale
+        fm2s.denoise(twelve_bit, preset="auto", steps=2, crop_size=16, device="cpu")
+    assert "data_range" not in caplog.text
+
+
+def test_training_boost_brings_the_peak_into_the_upper_half():
+    auto, confocal = make_settings("auto"), make_settings("confocal")
+    assert training_boost(np.array([[0.0, 0.7]]), auto) == 1.0
+    assert training_boost(np.array([[0.0, 0.5]]), auto) == 2.0
+    assert training_boost(np.array([[0.0, 4095 / 65535]]), auto) == 16.0  # 12-bit in uint16
+    assert training_boost(np.array([[0.0, 0.0]]), auto) == 1.0
+    assert training_boost(np.array([[0.0, 0.01]]), confocal) == 1.0  # lam_p fixes the scale
+
+
+def test_auto_trains_the_same_network_wherever_the_data_sit_in_the_dtype(plane8):
+    # A 12-bit plane and the same plane x 16 (filling uint16): the noise model pinned (scaled
+    # to each plane's [0, 1] units) and one key, both train on the same boosted plane with
+    # the same draws, so the results agree up to x 16 and rounding.
+    twelve_bit = plane8.astype(np.uint16) * 16
+    full = twelve_bit * 16
+    common = dict(steps=20, crop_size=24, batch_size=2, median_size=3, noise_corr=0.0,
+                  noise_line_corr=0.0, blend="none")
+    gain, read_var = 2e-4, 1e-6  # on the [0, 1] scale of `full`
+    small = make_settings("auto", gain=gain / 16, read_var=read_var / 256, **common)
+    large = make_settings("auto", gain=gain, read_var=read_var, **common)
+    out_small = denoise_planes([twelve_bit], small, keys=["p"], device="cpu")[0]
+    out_large = denoise_planes([full], large, keys=["p"], device="cpu")[0]
+    assert np.abs(out_large.astype(np.int64) - 16 * out_small.astype(np.int64)).max() <= 8
+    assert np.abs(out_large.astype(np.int64) - full).mean() > 100  # it did denoise
