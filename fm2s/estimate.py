@@ -320,39 +320,45 @@ def _robust_energy(energy: np.ndarray) -> tuple[float, bool]:
     return _mean_energy(float(low), float(mid))
 
 
-def _level_sets(plane: np.ndarray, valid: np.ndarray, scale: int):
-    """(mean, robust variance, count, noise-like) of the high-pass in level sets of local mean."""
+def _level_sets(plane: np.ndarray, valid: np.ndarray, scale: int, *, rows_too: bool = False):
+    """``(rows, directions)`` of the level sets of local mean at `scale`.
+
+    ``rows``: (mean, robust variance, count, noise-like) of the high-pass in each level set.
+    ``directions``: with `rows_too`, the robust energies ``((E_x, x_like), (E_y, y_like))`` of
+    the second differences along x and along y in each level set (for :func:`_line_corr`),
+    from the same windows and level sets; else empty.
+    """
     binned = _bin(plane, scale)
     ok = _bin(valid.astype(np.float64), scale) == 1.0  # blocks without clipped pixels
-    energies, mean = _window_energies(binned, ok, [_HIGHPASS])
+    highpasses = [_HIGHPASS, _SECOND_DIFF, _SECOND_DIFF.T] if rows_too else [_HIGHPASS]
+    energies, mean = _window_energies(binned, ok, highpasses)
     if mean.size < _MIN_COUNT:
-        return []
-    out = []
+        return [], []
+    out, directions = [], []
     for members in _level_set_members(mean):
         level, noise_like = _robust_energy(energies[0][members])
         out.append((float(mean[members].mean()), level, int(members.sum()), noise_like))
-    return out
+        if rows_too:
+            directions.append(tuple(_robust_energy(e[members]) for e in energies[1:]))
+    return out, directions
 
 
-def _line_corr(plane: np.ndarray, valid: np.ndarray, quant: float) -> float:
+def _line_corr(directions, quant: float) -> float:
     """Lag-1 noise correlation along rows in excess of that along columns, in [0, LINE_CORR_MAX].
 
     Point-scanning microscopes record a row as one scan line: the detector's bandwidth
     correlates neighbours along it, while rows are recorded apart in time. A second difference
     along x then sees ``6 - 8 rho`` times the pixel variance and one along y sees 6 (lags of 2
     or more neglected). Texture adds about equally to both where it has no preferred direction,
-    so their robust energies in each level set give ``rho = 3/4 (1 - E_x / E_y)``; the median
-    over level sets where both look like noise is returned. Texture oriented along x reads as
-    correlation and is capped at ``LINE_CORR_MAX``; correlation across rows is not measured
-    (it reads as 0). Level sets whose noise variance is under ``_LINE_MIN_NOISE`` times the
-    rounding noise's are left out: texture, not noise, then fills even the flattest windows.
+    so their robust energies in each level set (`directions`, from :func:`_level_sets` at
+    scale 1) give ``rho = 3/4 (1 - E_x / E_y)``; the median over level sets where both look
+    like noise is returned. Texture oriented along x reads as correlation and is capped at
+    ``LINE_CORR_MAX``; correlation across rows is not measured (it reads as 0). Level sets
+    whose noise variance is under ``_LINE_MIN_NOISE`` times the rounding noise's are left out:
+    texture, not noise, then fills even the flattest windows.
     """
-    (along_x, along_y), mean = _window_energies(plane, valid, [_SECOND_DIFF, _SECOND_DIFF.T])
-    if mean.size < _MIN_COUNT:
-        return 0.0
     rhos = []
-    for members in _level_set_members(mean):
-        (ex, x_like), (ey, y_like) = (_robust_energy(e[members]) for e in (along_x, along_y))
+    for (ex, x_like), (ey, y_like) in directions:
         ex, ey = ex - 6.0 * quant, ey - 6.0 * quant  # white rounding noise in both
         if x_like and y_like and ey > 6.0 * _LINE_MIN_NOISE * quant:
             rhos.append(0.75 * (1.0 - ex / ey))
@@ -432,15 +438,18 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
     valid = (x > 0.0) & (x < top)
 
     rows = []  # (scale, mean, energy, count, noise_like)
+    directions = []  # scale 1: robust second-difference energies along x and y per level set
     if high > low:
         for s in SCALES:
-            rows += [(s, *r) for r in _level_sets(x, valid, s)]
+            found, along = _level_sets(x, valid, s, rows_too=s == 1)
+            rows += [(s, *r) for r in found]
+            directions += along
         if len(rows) < 4:
             # Clipped pixels everywhere (a dark plane with many zeros): use every window;
             # clipping then biases the variance low, which is better than no estimate.
             everything = np.ones_like(valid)
-            rows = [(s, *r) for s in SCALES for r in _level_sets(x, everything, s)]
-    line = _line_corr(x, valid, quant) if high > low else 0.0
+            rows = [(s, *r) for s in SCALES for r in _level_sets(x, everything, s)[0]]
+    line = _line_corr(directions, quant)
     fit = _fit(*_untextured(rows), quant, line) if rows else None
     if fit is None:
         a = b = corr = res = line = 0.0
