@@ -72,3 +72,33 @@ def test_grouped_training_matches_training_alone(plane8):
         assert joint.seed == single.seed
         diff = np.abs(joint.image.astype(int) - single.image.astype(int))
         assert diff.max() <= 1  # float rounding of grouped kernels may move a value by one step
+
+
+def test_grouped_planes_of_different_boosts_match_training_alone(plane8):
+    """12-bit planes in uint16 whose peaks sit in different powers of two train at different
+    boosts; a group must split by boost and give each plane what it gets alone, blend included."""
+    from fm2s.denoise import _denoise_group, intensity_range, training_boost  # noqa: PLC2701
+    from fm2s.settings import make_settings
+
+    settings = make_settings("auto", steps=4, crop_size=24, batch_size=2, precision="float32",
+                             gain=4e-4, read_var=1e-7)
+    cpu = torch.device("cpu")
+
+    def member(plane, key):
+        scale = intensity_range(plane)
+        return plane, (plane / scale).astype(np.float32), scale, key, settings, None
+
+    bright = plane8.astype(np.uint16) * 16  # peak about 4080 of 65535: boost 16
+    planes = [bright, bright // 2, np.fliplr(bright).copy()]  # boosts 16, 32, 16
+    boosts = [training_boost(m[1], settings) for m in map(member, planes, "abc")]
+    assert boosts == [16.0, 32.0, 16.0]
+    together = _denoise_group([member(p, k) for p, k in zip(planes, "abc", strict=True)],
+                              settings, 0, cpu)
+    alone = [_denoise_group([member(p, k)], settings, 0, cpu)[0]
+             for p, k in zip(planes, "abc", strict=True)]
+    for joint, single in zip(together, alone, strict=True):
+        assert joint.seed == single.seed and joint.key == single.key
+        assert 0.0 <= joint.info["blend"] <= 1.0
+        assert abs(joint.info["blend"] - single.info["blend"]) < 1e-5
+        diff = np.abs(joint.image.astype(int) - single.image.astype(int))
+        assert diff.max() <= 1
