@@ -11,12 +11,14 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+import zarr
 
 pytest.importorskip("snakemake", reason="the workflow needs pip install -e '.[workflow]'")
 import yaml  # noqa: E402  (a dependency of snakemake)
@@ -120,6 +122,12 @@ def test_outputs_equal_the_engine_with_metadata_and_provenance(main_run):
         assert record["workflow"]["config"]["inputs"] == cfg["inputs"]
         assert len(record["plane_seconds"]) == int(np.prod(data.shape[:3]))
         assert record["output"]["ngff_version"] == "0.4" and record["device"] == "cpu"
+        # Nothing but the store's own files in it (zarr warns on foreign entries).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert {name for name, _ in zarr.open_group(str(store), mode="r").members()} == {
+                "0", "1", "2"}
+        assert not (store / ".snakemake_timestamp").exists()
     cells = open_ome_zarr(workdir / "results/cells.denoised.ome.zarr")[1]
     scale = cells["multiscales"]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale[2:] == pytest.approx([0.5, 0.2, 0.2])

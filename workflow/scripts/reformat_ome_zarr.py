@@ -16,6 +16,10 @@ options = {"levels": p.levels, "ngff_version": p.ngff_version, "tile": p.tile}
 rewritten = reformat_store(snakemake.input.store, **options,  # noqa: F821
                            workflow={"config": snakemake.config})  # noqa: F821
 logging.info("%s: %s", snakemake.input.store, "rewritten" if rewritten else "already so")  # noqa: F821
+# Snakemake marks a finished directory output with this file; inside the store, zarr warns on
+# it ("not recognized as a component of a Zarr hierarchy") when a reader lists the store's
+# members. Without it Snakemake uses the directory's own mtime, as after a rewrite above.
+(Path(snakemake.input.store) / ".snakemake_timestamp").unlink(missing_ok=True)  # noqa: F821
 tmp = stamp.with_name(f".{stamp.name}.tmp")
 tmp.write_text(json.dumps({**options, "rewritten": rewritten}) + "\n")
 tmp.replace(stamp)
