@@ -138,6 +138,12 @@ def intensity_range(plane: np.ndarray, data_range: float | None = None) -> float
     return 1.0 if peak <= 1.0 else peak
 
 
+def rounding_variance(plane: np.ndarray, scale: float) -> float:
+    """Variance of the rounding to integers on the [0, 1] scale: ``1 / (12 scale^2)`` for
+    integer planes (one DN step is ``1 / scale``), 0 for float planes."""
+    return 1.0 / (12.0 * scale**2) if plane.dtype.kind in "ui" else 0.0
+
+
 def _fills_little_of_dtype(plane: np.ndarray) -> bool:
     """True for >8-bit integer data below 1/16 of the dtype's range (e.g. 12 bits in uint16)."""
     return (plane.dtype.kind in "ui" and plane.dtype.itemsize > 1
@@ -362,7 +368,7 @@ def _train_and_apply(trainable, settings, boost, seed, device):
                         turn_average=settings.turn_average).astype(np.float64)
         if settings.blend == "sure":
             # On the boosted scale, where the settings' noise model holds; w is scale-free.
-            quant = boost**2 / (12.0 * scale**2) if plane.dtype.kind in "ui" else 0.0
+            quant = boost**2 * rounding_variance(plane, scale)
             weight = sure_blend_weight(model, work, clean, settings, quant, own_seed, device)
             clean = weight * clean + (1.0 - weight) * work
             info = {**(info or {"settings": recorded.to_dict()}),

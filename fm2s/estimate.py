@@ -271,7 +271,6 @@ def _lowfreq_gain(corr: float) -> float:
     return float(k.sum() ** 2)
 
 
-
 def _bin(plane: np.ndarray, scale: int) -> np.ndarray:
     if scale == 1:
         return plane
@@ -410,7 +409,7 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
     >>> round(est.gain * 200, 1), round(est.corr, 1)  # doctest: +SKIP
     (1.0, 0.0)
     """
-    from .denoise import intensity_range
+    from .denoise import intensity_range, rounding_variance
 
     plane = np.asarray(image)
     if plane.dtype == bool or plane.dtype.kind not in "uif":
@@ -431,7 +430,7 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
             raise ValueError(msg)
     scale = intensity_range(plane, data_range)
     x = plane.astype(np.float64) / scale
-    quant = 1.0 / (12.0 * scale**2) if plane.dtype.kind in "ui" else 0.0
+    quant = rounding_variance(plane, scale)
     low, high = float(x.min()), float(x.max())
     # Clipped pixels (at 0 or at the top of the range) have no noise: keep them out of the fit.
     top = 1.0 if (plane.dtype.kind in "ui" or data_range is not None) else np.inf
