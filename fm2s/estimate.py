@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, signal, stats
 
+from .intensity import intensity_range, rounding_variance
 from .noise import correlation_kernel, neighbour_corr, row_beta
 from .settings import AUTO_FIELDS, make_settings
 
@@ -409,7 +410,6 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
     >>> round(est.gain * 200, 1), round(est.corr, 1)  # doctest: +SKIP
     (1.0, 0.0)
     """
-    from .denoise import intensity_range, rounding_variance
 
     plane = np.asarray(image)
     if plane.dtype == bool or plane.dtype.kind not in "uif":
