@@ -30,6 +30,9 @@ to ``"ome"`` (NGFF 0.5, ``zarr.json``) or next to ``"multiscales"``/``"omero"``
       "device": "cpu", "host": "node01",
       "started": "2026-...Z", "finished": "2026-...Z", "seconds": 12.3,
       "plane_seconds": {"0,0,0": 0.41, ...},  # keyed "t,c,z"
+      "data_range": null,   # intensity mapped to 1.0 (null: the dtype's maximum)
+      "networks": {"group-0": {"digest": "<sha256>", "planes": ["0,0,0", ...]}, ...},
+                            # which network denoised which plane (fm2s.engine)
       "estimate": {...}     # preset "auto" only: noise estimates per channel and the
                             # settings chosen per plane (fm2s.estimate.provenance_record)
     }
@@ -334,6 +337,23 @@ def format_provenance(path: str | Path) -> str:
         if blends:
             text += f", blend weight {min(blends):.2f}-{max(blends):.2f}"
         lines.append(text)
+    networks = p.get("networks") or {}
+    if networks:
+        own = sorted(n for n, e in networks.items() if len(e.get("planes") or []) == 1)
+        count = sum(len(e.get("planes") or []) for e in networks.values())
+        lines.append(f"networks:  {len(networks)} for {count} planes; "
+                     f"{len(networks) - len(own)} shared, {len(own)} a plane's own")
+        for name, entry in list(networks.items())[:40]:
+            labels = entry.get("planes") or []
+            lines.append(f"           {name}: {len(labels)} plane(s) {labels[0]} .. {labels[-1]}, "
+                         f"digest {str(entry.get('digest'))[:12]}")
+        if len(networks) > 40:
+            lines.append(f"           ... {len(networks) - 40} more (fm2s.provenance(STORE))")
+    if p.get("data_range") is not None:
+        lines.append(f"range:     data_range {p['data_range']} (intensity mapped to 1.0)")
+    flow = p.get("workflow") or {}
+    if flow.get("slurm_jobs"):
+        lines.append(f"slurm:     jobs {', '.join(map(str, flow['slurm_jobs']))}")
     if times:
         lines.append(
             f"planes:    {len(times)}, {sum(times):.2f} s denoising "

@@ -25,9 +25,9 @@ member              content
 ``seconds``         ``(n,)`` float64: denoising seconds per plane
 ``input_sha256``    ``(n,)`` str: SHA-256 of each raw input plane's bytes
 ``info``            JSON string: source, plane range, settings digest, seed, data range,
-                    device, host, start and end times, fm2s version; for ``preset="auto"``
-                    also ``noise_references`` (the channels' reference estimates) and
-                    ``auto`` (each plane's estimate source, blend and chosen settings)
+                    device, host, start and end times, fm2s version, ``noise_references``
+                    (``auto``: the channels' reference estimates) and ``planes`` (per plane
+                    its network and digest; ``auto``: estimate source, blend, settings)
 ==================  ==================================================================
 """
 
@@ -43,6 +43,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,21 +62,26 @@ __all__ = [
     "CHUNK_FORMAT",
     "STACK_SUFFIXES",
     "assemble_chunks",
+    "JobPlan",
     "chunk_ranges",
     "denoise_chunk",
     "input_stamp",
     "job_device",
+    "plan_jobs",
     "read_chunk_index",
     "reformat_store",
     "scan_folder",
     "stack_name",
     "synthetic_stack",
+    "train_groups",
     "write_synthetic_stack",
 ]
 
 logger = logging.getLogger(__name__)
 
 CHUNK_FORMAT = 1
+#: Most planes of a workflow training job (whole groups; see JobPlan).
+TRAINING_JOB_PLANES = 16
 #: Name endings that :func:`stack_name` strips, longest first.
 STACK_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png")
 _NO_GPU = ("", "-1", "none", "nodevfiles")
@@ -266,11 +272,106 @@ def _sha256(plane: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(plane).tobytes()).hexdigest()
 
 
+@dataclass(frozen=True)
+class JobPlan:
+    """How the workflow splits a stack into jobs.
+
+    Training jobs each train consecutive groups (:func:`fm2s.engine.plan_groups`) of at most
+    :data:`TRAINING_JOB_PLANES` planes in all (at least one group: a shared group of the
+    ``fast`` recipe is a job of its own; per-plane training packs 16 planes a job), into one
+    model file; denoise jobs each apply the models to a chunk of `planes_per_job`
+    consecutive planes in ``(t, c, z)`` order. Neither split changes a result (a group's
+    networks do not depend on their companions), and `planes_per_job` never retrains.
+    An input whose headers cannot be read (:meth:`unreadable`) gets one training job and
+    one chunk of all planes, which fail with the reader's error.
+    """
+
+    groups: list[Any]  # fm2s.engine.Group
+    trainings: list[list[int]]  # per training job, its groups
+    chunks: list[tuple[int, int]]  # [start, stop) in (t, c, z) order
+    chunk_trainings: list[list[int]]  # per chunk, the training jobs of its planes
+
+    @classmethod
+    def of(cls, keys: Sequence[tuple[int, int, int]], plane_shape: tuple[int, int],
+           settings: Any, planes_per_job: int) -> JobPlan:
+        from fm2s.engine import plan_groups
+
+        keys = [PlaneKey(*k) for k in keys]
+        groups = plan_groups(keys, settings, plane_shape)
+        trainings: list[list[int]] = []
+        planes = TRAINING_JOB_PLANES
+        for group in groups:
+            if planes + len(group.keys) > TRAINING_JOB_PLANES:
+                trainings.append([])
+                planes = 0
+            trainings[-1].append(group.index)
+            planes += len(group.keys)
+        job_of = {key: job for job, members in enumerate(trainings) for g in members
+                  for key in groups[g].keys}
+        chunks = chunk_ranges(len(keys), planes_per_job)
+        needs = [sorted({job_of[k] for k in keys[a:b]}) for a, b in chunks]
+        return cls(groups, trainings, chunks, needs)
+
+    @classmethod
+    def unreadable(cls) -> JobPlan:
+        return cls([], [[0]], [(0, 0)], [[0]])
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.groups)
+
+
+def plan_jobs(path: str | os.PathLike, settings: Any, planes_per_job: int, *, series: int = 0,
+              pages_as: str = "z") -> JobPlan:
+    """The :class:`JobPlan` of a stack, from its headers only (no pixel reads)."""
+    with open_stack(path, series=series, pages_as=pages_as) as stack:
+        shape = stack.metadata.shape
+        return JobPlan.of(stack.plane_keys(), shape[3:], settings, planes_per_job)
+
+
+def train_groups(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    settings: Any,
+    groups: Sequence[int],
+    seed: int = 0,
+    series: int = 0,
+    pages_as: str = "z",
+    data_range: float | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Path:
+    """Train the networks of some groups of a stack (:func:`fm2s.engine.train_stack`; on a
+    GPU in grouped passes) into one model file (:meth:`fm2s.engine.StackModel.save`)."""
+    from fm2s.denoise import resolve_device, set_threads
+    from fm2s.engine import plan_groups, train_stack
+
+    source, output = Path(source), Path(output)
+    set_threads(threads)
+    device = resolve_device(device)
+    with open_stack(source, series=series, pages_as=pages_as) as stack:
+        plan = plan_groups(stack.plane_keys(), settings, stack.metadata.shape[3:])
+        if not groups or not all(0 <= g < len(plan) for g in groups):
+            msg = (f"{source}: groups {list(groups)} out of range; the stack has {len(plan)} "
+                   "groups (did it change after the workflow listed them?)")
+            raise StackError(msg)
+        logger.info("%s: training groups %s (%d planes) on %s (SLURM job %s, "
+                    "CUDA_VISIBLE_DEVICES=%s)", source, ",".join(map(str, groups)),
+                    sum(len(plan[g].keys) for g in groups), device,
+                    os.environ.get("SLURM_JOB_ID", "none"),
+                    os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+        model = train_stack(stack, settings, seed=seed, data_range=data_range, device=device,
+                            groups=list(groups))
+    return model.save(output)
+
+
 def denoise_chunk(
     source: str | os.PathLike,
     output: str | os.PathLike,
     *,
     settings: Any,
+    models: Sequence[str | os.PathLike],
     start: int = 0,
     stop: int | None = None,
     seed: int = 0,
@@ -280,7 +381,8 @@ def denoise_chunk(
     device: str = "cpu",
     threads: int | None = None,
 ) -> Path:
-    """Denoise planes ``start:stop`` (in ``(t, c, z)`` order) of a stack into one chunk file.
+    """Denoise planes ``start:stop`` (in ``(t, c, z)`` order) of a stack into one chunk file,
+    with trained networks (inference and blend only: :func:`fm2s.engine.apply_model`).
 
     Parameters
     ----------
@@ -289,28 +391,34 @@ def denoise_chunk(
     output : path
         The chunk file (``.npz``, format in the module docstring), written atomically.
     settings : Settings
-        Effective denoise settings.
+        Effective denoise settings; the models must have been trained with them.
+    models : sequence of path
+        Model files (:func:`train_groups`) holding the networks of the chunk's planes.
     start, stop : int
         Plane range; ``stop=None`` means to the last plane.
-    seed : int
-        Base seed; plane ``(t, c, z)`` uses ``plane_seed(seed, (t, c, z))``.
+    seed, data_range
+        Base seed and intensity range; the models must have been trained with them.
     series, pages_as
         Passed to :func:`fm2s.stacks.open_stack`.
-    data_range, device, threads
-        Passed to :func:`fm2s.denoise.iter_denoise_planes` (resolve ``"auto"`` devices with
-        :func:`job_device` first).
+    device, threads
+        Torch device (resolve ``"auto"`` with :func:`job_device` first) and CPU threads.
 
     Raises
     ------
     StackError
-        Unreadable input, a plane range outside the stack, or a plane the engine refuses.
+        Unreadable input or models, a plane range outside the stack, models of other
+        settings, or a plane the engine refuses.
     """
     from fm2s import __version__
-    from fm2s.denoise import iter_denoise_planes, resolve_device
+    from fm2s.denoise import resolve_device, set_threads
+    from fm2s.engine import StackModel, apply_model
 
     source, output = Path(source), Path(output)
+    set_threads(threads)
     device = resolve_device(device)
     started = utc_now()
+    model = StackModel.load_all(models)
+    model.check(settings, seed, data_range, str(source))
     with open_stack(source, series=series, pages_as=pages_as) as stack:
         every = stack.plane_keys()
         stop = len(every) if stop is None else stop
@@ -320,24 +428,8 @@ def denoise_chunk(
             raise StackError(msg)
         keys = every[start:stop]
         hashes: list[str] = []
-        references = None
-        if settings.needs_estimate:
-            from fm2s.estimate import ChannelReferences
-
-            # References come from fixed planes of the whole stack, so every chunk of a
-            # channel uses the same one, however the stack is split.
-            references = ChannelReferences(stack, data_range)
-
-        def planes():
-            for key in keys:
-                plane = stack.read_plane(key)
-                hashes.append(_sha256(plane))
-                yield plane
-
-        results = iter_denoise_planes(
-            planes(), settings, seed=seed, keys=[tuple(k) for k in keys], device=device,
-            threads=threads, data_range=data_range, noise_reference=references,
-        )  # fmt: skip
+        results = apply_model(stack, model, keys, device=device,
+                              on_plane=lambda _, plane: hashes.append(_sha256(plane)))
         # Which scheduler job and GPU ran the chunk: the first questions when a result looks off.
         slurm_job = os.environ.get("SLURM_JOB_ID")
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -352,7 +444,8 @@ def denoise_chunk(
             "fm2s_version": __version__, "slurm_job": slurm_job, "cuda_visible_devices": visible,
         }  # fmt: skip
         try:
-            return _write_chunk(output, keys, results, hashes, info, source, references)
+            return _write_chunk(output, keys, results, hashes, info, source,
+                                model.references)
         except ValueError as exc:
             if isinstance(exc, StackError):
                 raise
@@ -361,10 +454,11 @@ def denoise_chunk(
 
 
 def _write_chunk(output: Path, keys, results, hashes, info, source, references=None) -> Path:
+    # references: ChannelReferences.record() of the models (auto), or None
     """Stream the results into ``output`` (npz) under a temporary name, then rename it."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    seeds, seconds, auto = [], [], {}
+    seeds, seconds, plane_infos = [], [], {}
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
 
@@ -377,13 +471,12 @@ def _write_chunk(output: Path, keys, results, hashes, info, source, references=N
                 seeds.append(result.seed)
                 seconds.append(result.seconds)
                 if result.info is not None:
-                    auto[key.label] = result.info
+                    plane_infos[key.label] = result.info
                 logger.info("%s: plane t,c,z=%s denoised in %.2f s", source.name, key.label,
                             result.seconds)
             info = {**info, "finished": utc_now()}
-            if references is not None or auto:
-                info["noise_references"] = references.record() if references else {}
-                info["auto"] = auto
+            info["noise_references"] = references or {}
+            info["planes"] = plane_infos
             member("keys", np.asarray([tuple(k) for k in keys], dtype=np.int64).reshape(-1, 3))
             member("seeds", np.asarray(seeds, dtype=np.uint64))
             member("seconds", np.asarray(seconds, dtype=np.float64))
@@ -439,9 +532,10 @@ def assemble_chunks(
     dask array of the chunks' planes in the input's ``(t, c, z)`` order,
     written one plane at a time by :func:`fm2s.ome.write_ome_zarr` (pyramid, metadata from the
     input) with provenance (:func:`fm2s._provenance.build_provenance`) plus a ``"workflow"``
-    entry (`workflow`, e.g. the config, and the output options). Before writing, every plane
-    of the input is read once to check that it is still the plane that was denoised and to
-    compute ``pixels_sha256`` as :func:`fm2s.pipeline.denoise_stack` does.
+    entry (`workflow`, e.g. the config, and the output options), and the per-plane entries of
+    :func:`fm2s.pipeline.stack_record` (which network denoised which plane), as
+    :func:`fm2s.pipeline.denoise_stack` records them. Before writing, every plane of the input
+    is read once to check that it is still the plane that was denoised.
 
     Raises
     ------
@@ -454,7 +548,7 @@ def assemble_chunks(
 
     from fm2s.denoise import plane_seed
     from fm2s.ome import write_ome_zarr
-    from fm2s.pipeline import SEED_DERIVATION
+    from fm2s.pipeline import SEED_DERIVATION, pixels_digest, stack_record
 
     source, output = Path(source), Path(output)
     where: dict[PlaneKey, tuple[str, int]] = {}
@@ -488,24 +582,16 @@ def assemble_chunks(
             msg = (f"{source}: chunks do not match the stack's {len(keys)} planes "
                    f"(missing t,c,z {missing[:5]}, unknown {extra[:5]})")
             raise StackError(msg)
-        pixels = hashlib.sha256()
         for key in keys:
-            plane = stack.read_plane(key)
-            if _sha256(plane) != index[key][0]:
+            if _sha256(stack.read_plane(key)) != index[key][0]:
                 msg = (f"{source}: plane t,c,z={key.label} changed since it was denoised (chunk "
                        f"{where[key][0]}); rerun the workflow once the input is complete")
                 raise StackError(msg)
-            pixels.update(np.ascontiguousarray(plane).tobytes())
     fingerprint = fingerprint_input(source)
-    estimate = None
-    if any("auto" in i for i in infos):
-        from fm2s.estimate import provenance_record
-
-        references, plane_infos = {}, {}
-        for i in infos:
-            references.update(i.get("noise_references") or {})
-            plane_infos.update(i.get("auto") or {})
-        estimate = provenance_record(dict(sorted(references.items())), plane_infos)
+    references, plane_infos = {}, {}
+    for i in infos:
+        references.update(i.get("noise_references") or {})
+        plane_infos.update(i.get("planes") or {})
     planes = [
         da.from_delayed(dask.delayed(_load_plane)(*where[key]), shape=meta.shape[3:],
                         dtype=meta.dtype)
@@ -524,9 +610,11 @@ def assemble_chunks(
         started=min(i["started"] for i in infos),
         finished=utc_now(),
         plane_seconds={key.label: index[key][1] for key in keys},
-        pixels_sha256=pixels.hexdigest(),
-        estimate=estimate,
+        pixels_sha256=pixels_digest(index[key][0] for key in keys),
     )
+    results = {key: {"info": plane_infos.get(key.label)} for key in keys}
+    record.update(stack_record(results, keys, data_range=data_range,
+                               references=dict(sorted(references.items()))))
     record["workflow"] = {
         **dict(workflow or {}),
         "chunks": len(infos),
@@ -534,7 +622,6 @@ def assemble_chunks(
         "slurm_jobs": sorted({i["slurm_job"] for i in infos if i.get("slurm_job")}),
         "cuda_visible_devices": sorted({i["cuda_visible_devices"] for i in infos
                                         if i.get("cuda_visible_devices") is not None}),
-        "data_range": data_range,
         "tile": tile,
     }
     logger.info("assembling %s from %d chunk(s) into %s", source, len(infos), output)

@@ -1,5 +1,5 @@
-"""The ``fm2s`` command line: denoise, demo, eval, info, report; synth and denoise-chunk
-(workflow).
+"""The ``fm2s`` command line: denoise, train, demo, eval, info, report; synth, train-groups and
+denoise-chunk (workflow).
 
 Errors in the input (missing or unreadable files, bad arrays, unknown presets) end with a one-line
 message naming the file and the problem, and exit code 2; nothing is written then.
@@ -38,14 +38,17 @@ class UsageError(Exception):
 def _add_settings_options(parser: argparse.ArgumentParser, *, preset_help: str | None = None):
     group = parser.add_argument_group("denoising settings")
     hand_set = ", ".join(p for p in PRESETS if p != "auto")
-    group.add_argument("--preset", default="auto", help=preset_help or (
+    group.add_argument("--preset", default=None, help=preset_help or (
         f"noise synthesis: auto (default: estimated from each plane), or a microscope's "
         f"hand-set preset: {hand_set}"))
-    group.add_argument("--recipe", default="fast", choices=sorted(RECIPES), help=(
+    group.add_argument("--recipe", default=None, choices=sorted(RECIPES), help=(
         "network and training schedule: fast (default, seconds per plane), v2 or v1 "
         "(the published schedules, minutes per plane)"))
-    group.add_argument("--seed", type=int, default=0, help="base seed (default 0); each plane's "
-                       "seed derives from it and the plane's content")
+    group.add_argument("--per-plane", action="store_true", help=(
+        "train a network for every plane (the paper's way; --set group_size=1) instead of "
+        "one per group of similar planes of a channel (the default for stacks)"))
+    group.add_argument("--seed", type=int, default=None, help="base seed (default 0); plane "
+                       "(t, c, z) of a stack is denoised with plane_seed(seed, (t, c, z))")
     group.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=(
         "override one setting, e.g. --set k_g=150 --set steps=200 (repeatable); "
         "see fm2s.settings.Settings for the keys"))
@@ -61,85 +64,101 @@ def _add_settings_options(parser: argparse.ArgumentParser, *, preset_help: str |
     group.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
+def _settings_given(args) -> bool:
+    """Whether the command line names any denoising setting."""
+    return bool(args.settings is not None or args.set or args.preset is not None
+                or args.recipe is not None or args.per_plane)
+
+
 def _settings_from_args(args, preset: str | None = None) -> Settings:
     if args.settings is not None:
-        if args.set:
-            raise UsageError("--settings cannot be combined with --set")
+        if args.set or args.preset is not None or args.recipe is not None:
+            raise UsageError("--settings cannot be combined with --preset, --recipe or --set")
         try:
-            return Settings.from_json(args.settings.read_text())
+            settings = Settings.from_json(args.settings.read_text())
         except (OSError, ValueError) as error:
             raise UsageError(f"{args.settings}: {error}") from error
+        return settings.replace(group_size=1) if args.per_plane else settings
+    overrides = parse_overrides(args.set)
+    if args.per_plane:
+        overrides["group_size"] = 1
     try:
-        return make_settings(preset or args.preset, args.recipe, **parse_overrides(args.set))
+        return make_settings(preset or args.preset or "auto", args.recipe or "fast", **overrides)
     except ValueError as error:
         raise UsageError(str(error)) from error
 
 
+def _seed(args) -> int:
+    return 0 if args.seed is None else args.seed
+
+
 # --- fm2s denoise -------------------------------------------------------------------------------
 
-def _planes_of(image: np.ndarray, path: Path):
-    """Split a PNG/TIFF array into 2D planes, and a function that puts results back."""
-    if image.ndim == 2:
-        return [image], lambda planes: planes[0]
-    if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
-        # RGB(A) samples: one plane per channel.
-        planes = [image[..., s] for s in range(image.shape[-1])]
-        return planes, lambda out: np.stack(out, axis=-1)
-    if image.ndim >= 3:
-        lead = image.shape[:-2]
-        flat = image.reshape(-1, *image.shape[-2:])
-        return list(flat), lambda out: np.stack(out).reshape(*lead, *image.shape[-2:])
-    raise UsageError(f"{path}: expected an image with at least 2 dimensions, got {image.shape}")
-
-
 def cmd_denoise(args) -> int:
+    from .pipeline import denoise_image_file, denoise_stack  # stack I/O pulls in zarr and dask
+
     src, dst = args.input, args.output
     if src.resolve() == dst.resolve():
         raise UsageError(f"{dst}: output would overwrite the input")
     if dst.exists() and not args.overwrite:
         raise UsageError(f"{dst}: output exists (use --overwrite to replace it)")
-    settings = _settings_from_args(args)
+    to_store = dst.name.lower().endswith(".zarr")
+    if not to_store and (src.is_dir() or src.name.lower().endswith(
+            (".zarr", ".ome.tif", ".ome.tiff"))):
+        raise UsageError(f"{dst}: stack output must be an OME-Zarr store (name.ome.zarr)")
+    if not to_store and dst.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UsageError(f"{dst}: unsupported file type {dst.suffix!r} for the output; expected "
+                         ".png, .tif, .tiff or .ome.zarr")
+    model, settings, seed, data_range = _model_and_settings(args)
     if args.save_settings:
         args.save_settings.write_text(settings.to_json() + "\n")
-    if _is_stack_job(src, dst):
-        return _denoise_stack(args, settings)
-    image = read_image(src)
-    planes, assemble = _planes_of(image, src)
-    log.info("%s: %s %s, %d plane(s), preset %s, recipe %s", src, image.dtype, image.shape,
-             len(planes), settings.preset, settings.recipe)
-    results = []
-    bar = tqdm(total=len(planes), desc=src.name, unit="plane", disable=args.quiet or None)
-    try:
-        for result in iter_denoise_planes(planes, settings, seed=args.seed, device=args.device,
-                                          threads=args.threads, data_range=args.data_range):
-            results.append(result.image)
-            bar.update()
-            log.debug("plane %d: %.2f s", len(results) - 1, result.seconds)
-    except ValueError as error:
-        raise UsageError(f"{src}: {error}") from error
-    finally:
-        bar.close()
-    write_image(dst, assemble(results), overwrite=args.overwrite)
+    options = dict(settings=settings, seed=seed, series=args.series, pages_as=args.pages_as,
+                   device=args.device, threads=args.threads, overwrite=args.overwrite,
+                   progress=not args.quiet, data_range=data_range, model=model)
+    if to_store:
+        denoise_stack(src, dst, levels=args.levels, ngff_version=args.ngff_version,
+                      model_path=args.model, **options)
+    else:
+        denoise_image_file(src, dst, **options)
     log.info("wrote %s", dst)
     return 0
 
 
-def _is_stack_job(src: Path, dst: Path) -> bool:
-    """Stacks in OME/ImageJ formats or OME-Zarr output go through fm2s.pipeline."""
-    names = (src.name.lower(), dst.name.lower())
-    return (src.is_dir() or any(n.endswith((".zarr", ".ome.tif", ".ome.tiff")) for n in names))
+def _model_and_settings(args):
+    """``(model or None, settings, seed, data_range)`` of ``fm2s denoise``: with ``--model``,
+    the model's, which settings given on the command line must match."""
+    if args.model is None:
+        return None, _settings_from_args(args), _seed(args), args.data_range
+    from .engine import StackModel
+
+    model = StackModel.load(args.model)
+    settings = _settings_from_args(args) if _settings_given(args) else model.settings
+    seed = model.seed if args.seed is None else args.seed
+    data_range = model.data_range if args.data_range is None else args.data_range
+    model.check(settings, seed, data_range, str(args.model))
+    return model, settings, seed, data_range
 
 
-def _denoise_stack(args, settings: Settings) -> int:
-    from .pipeline import denoise_stack  # stack I/O pulls in zarr and dask
+# --- fm2s train ---------------------------------------------------------------------------------
 
-    if not args.output.name.lower().endswith(".zarr"):
-        raise UsageError(f"{args.output}: stack output must be an OME-Zarr store (name.ome.zarr)")
-    denoise_stack(args.input, args.output, settings=settings, seed=args.seed,
-                  series=args.series, pages_as=args.pages_as, levels=args.levels,
-                  ngff_version=args.ngff_version, device=args.device, threads=args.threads,
-                  overwrite=args.overwrite, progress=not args.quiet,
-                  data_range=args.data_range)
+def cmd_train(args) -> int:
+    from .denoise import resolve_device, set_threads
+    from .engine import train_stack
+    from .stacks import open_stack
+
+    if args.output.exists() and not args.overwrite:
+        raise UsageError(f"{args.output}: output exists (use --overwrite to replace it)")
+    settings = _settings_from_args(args)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    started = time.perf_counter()
+    with open_stack(args.input, series=args.series, pages_as=args.pages_as) as stack:
+        model = train_stack(stack, settings, seed=_seed(args), data_range=args.data_range,
+                            device=device)
+    model.save(args.output)
+    shared = sum(1 for info in model.network_info.values() if info["shared"])
+    log.info("wrote %s: %d network(s) (%d shared) for %d planes in %.1f s", args.output,
+             len(model.networks), shared, len(model.planes), time.perf_counter() - started)
     return 0
 
 
@@ -152,14 +171,14 @@ def cmd_demo(args) -> int:
 
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    clean = clean_plane((args.size, args.size), seed=args.seed)
+    clean = clean_plane((args.size, args.size), seed=_seed(args))
     truth = np.rint(clean * 255).astype(np.uint8)
-    noisy = noisy_plane(clean, photons=20.0, read_noise=0.03, seed=args.seed + 1)
+    noisy = noisy_plane(clean, photons=20.0, read_noise=0.03, seed=_seed(args) + 1)
     write_image(out / "ground_truth.png", truth, overwrite=True)
     write_image(out / "noisy.png", noisy, overwrite=True)
     settings = _settings_from_args(args)
     start = time.perf_counter()
-    result = next(iter_denoise_planes([noisy], settings, seed=args.seed, device=args.device,
+    result = next(iter_denoise_planes([noisy], settings, seed=_seed(args), device=args.device,
                                       threads=args.threads))
     seconds = time.perf_counter() - start
     write_image(out / "denoised.png", result.image, overwrite=True)
@@ -211,8 +230,9 @@ def evaluate_folder(noisy_dir: Path, truth_dir: Path, args,
                              f"{truth.shape}")
         settings = _settings_from_args(args, preset=_preset_for(name, args.preset))
         start = time.perf_counter()
-        result = next(iter_denoise_planes([noisy], settings, seed=args.seed, device=args.device,
-                                          threads=args.threads, data_range=args.data_range))
+        result = next(iter_denoise_planes([noisy], settings, seed=_seed(args),
+                                          device=args.device, threads=args.threads,
+                                          data_range=args.data_range))
         seconds = time.perf_counter() - start
         span = _data_range(truth)
         row = {
@@ -287,7 +307,7 @@ def cmd_eval(args) -> int:
 
         write_eval_report(args.html, rows, summary, crops, description=(
             f"{len(rows)} images of {args.noisy_dir} denoised (recipe {rows[0]['recipe']}, "
-            f"base seed {args.seed}) and scored against {args.truth_dir}."))
+            f"base seed {_seed(args)}) and scored against {args.truth_dir}."))
     return 0
 
 
@@ -329,6 +349,24 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def _workflow_settings(args) -> Settings:
+    try:
+        return Settings.from_json(args.settings_json)
+    except ValueError as error:
+        raise UsageError(f"--settings-json: {error}") from error
+
+
+def cmd_train_groups(args) -> int:
+    from .chunks import job_device, train_groups
+
+    device = job_device(args.device, gpus=args.gpus)
+    train_groups(args.input, args.output, settings=_workflow_settings(args), groups=args.groups,
+                seed=args.seed, series=args.series, pages_as=args.pages_as,
+                data_range=args.data_range, device=device, threads=args.threads)
+    log.info("wrote %s", args.output)
+    return 0
+
+
 def cmd_denoise_chunk(args) -> int:
     from .chunks import denoise_chunk, job_device
 
@@ -337,16 +375,29 @@ def cmd_denoise_chunk(args) -> int:
         start, stop = (0, None) if args.planes == "all" else (int(start), int(stop))
     except ValueError:
         raise UsageError(f"--planes {args.planes!r}: expected START:STOP or all") from None
-    try:
-        settings = Settings.from_json(args.settings_json)
-    except ValueError as error:
-        raise UsageError(f"--settings-json: {error}") from error
     device = job_device(args.device, gpus=args.gpus)
-    denoise_chunk(args.input, args.output, settings=settings, start=start, stop=stop,
-                  seed=args.seed, series=args.series, pages_as=args.pages_as,
-                  data_range=args.data_range, device=device, threads=args.threads)
+    denoise_chunk(args.input, args.output, settings=_workflow_settings(args), models=args.models,
+                  start=start, stop=stop, seed=args.seed, series=args.series,
+                  pages_as=args.pages_as, data_range=args.data_range, device=device,
+                  threads=args.threads)
     log.info("wrote %s", args.output)
     return 0
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by the workflow's job verbs (train-groups, denoise-chunk)."""
+    p.add_argument("--settings-json", required=True, metavar="JSON",
+                   help="complete settings as JSON text (Settings.to_json())")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--series", type=int, default=0, help="series of a multi-series file")
+    p.add_argument("--pages-as", choices=("z", "t"), default="z",
+                   help="axis of the pages of a plain multi-page TIFF (default z)")
+    p.add_argument("--data-range", type=float, default=None, help="intensity that maps to 1.0")
+    p.add_argument("--device", default="auto", help="auto (default: CUDA only when the job was "
+                   "given a GPU, see fm2s.chunks.job_device), cpu, cuda or cuda:N")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs the job was given (its gpu "
+                   "resource; 0: CPU only)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
 # --- entry point --------------------------------------------------------------------------------
@@ -369,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--save-settings", type=Path, metavar="JSON",
                    help="also write the effective settings as JSON")
+    p.add_argument("--model", type=Path, metavar="MODEL", help="apply the networks of a model "
+                   "file (fm2s train) instead of training; settings, seed and data range are "
+                   "the model's (any given must match)")
     stack = p.add_argument_group("stack input and OME-Zarr output")
     stack.add_argument("--series", type=int, default=0, help="series of a multi-series file")
     stack.add_argument("--pages-as", choices=("z", "t"), default="z",
@@ -378,6 +432,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="OME-Zarr version to write (default 0.4, read by most viewers)")
     _add_settings_options(p)
     p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("train", help="train the networks of a stack into a model file",
+                       description="Train the networks of STACK (one per group of similar "
+                       "planes of a channel, or per plane) and write them, with their settings, "
+                       "seeds, digests and the planes they were trained on, to MODEL; apply "
+                       "them with fm2s denoise STACK OUT --model MODEL.")
+    p.add_argument("input", type=Path, metavar="STACK", help="input image, stack, OME-Zarr "
+                   "store or folder")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="MODEL",
+                   help="model file to write (.npz)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    p.add_argument("--series", type=int, default=0, help="series of a multi-series file")
+    p.add_argument("--pages-as", choices=("z", "t"), default="z",
+                   help="axis of the pages of a plain multi-page TIFF (default z)")
+    _add_settings_options(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="denoise a synthetic plane and report PSNR",
                        description="Make a synthetic fluorescence-like plane with known "
@@ -438,25 +508,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("train-groups", help="train some groups' networks (workflow job)",
+                       description="Train the networks of groups GROUP... of a stack (fm2s."
+                       "engine.plan_groups) into one model file for the Snakemake workflow.")
+    p.add_argument("input", type=Path, help="input stack (any format fm2s denoise reads)")
+    p.add_argument("output", type=Path, help="model file to write (.npz)")
+    p.add_argument("--groups", type=int, nargs="+", required=True, metavar="GROUP",
+                   help="group indices")
+    _add_job_options(p)
+    p.set_defaults(func=cmd_train_groups)
+
     p = sub.add_parser("denoise-chunk", help="denoise a range of a stack's planes (workflow job)",
                        description="Denoise planes START:STOP, in (t, c, z) order, of a stack into "
-                       "one chunk file (.npz) for the Snakemake workflow; each plane's seed is "
-                       "plane_seed(seed, (t, c, z)), as in fm2s denoise.")
+                       "one chunk file (.npz) for the Snakemake workflow, with the networks of "
+                       "the model files (inference only); as fm2s denoise does.")
     p.add_argument("input", type=Path, help="input stack (any format fm2s denoise reads)")
     p.add_argument("output", type=Path, help="chunk file to write (.npz)")
     p.add_argument("--planes", default="all", help="plane range START:STOP, or all (default)")
-    p.add_argument("--settings-json", required=True, metavar="JSON",
-                   help="complete settings as JSON text (Settings.to_json())")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--series", type=int, default=0, help="series of a multi-series file")
-    p.add_argument("--pages-as", choices=("z", "t"), default="z",
-                   help="axis of the pages of a plain multi-page TIFF (default z)")
-    p.add_argument("--data-range", type=float, default=None, help="intensity that maps to 1.0")
-    p.add_argument("--device", default="auto", help="auto (default: CUDA only when the job was "
-                   "given a GPU, see fm2s.chunks.job_device), cpu, cuda or cuda:N")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs the job was given (its gpu "
-                   "resource; 0: CPU only)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--models", type=Path, nargs="+", required=True, metavar="MODEL",
+                   help="model files of the groups of these planes (fm2s train-groups)")
+    _add_job_options(p)
     p.set_defaults(func=cmd_denoise_chunk)
     return parser
 

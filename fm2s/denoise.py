@@ -20,19 +20,25 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
 from typing import Any
 
 import numpy as np
 import torch
 
+from .intensity import (
+    fills_little_of_dtype,
+    intensity_range,
+    rounding_variance,
+    to_dtype,
+    training_boost,
+)
+from .model import FM2SNet
 from .noise import correlate_rows, correlated_normal, median_target, region_means
 from .settings import Settings, make_settings
-from .train import PlaneData, extract_model, fit, group_key, predict
+from .train import TrainingSet, extract_model, fit, group_key, predict
 
 __all__ = ["PlaneResult", "denoise", "denoise_planes", "iter_denoise_planes", "plane_seed",
            "resolve_device", "sure_blend_weight", "training_boost"]
@@ -125,38 +131,6 @@ def _check_plane(plane: np.ndarray, settings: Settings, what: str) -> None:
             raise ValueError(msg)
 
 
-def intensity_range(plane: np.ndarray, data_range: float | None = None) -> float:
-    """The intensity mapped to 1.0 (see the module docstring)."""
-    if data_range is not None:
-        if not np.isfinite(data_range) or data_range <= 0:
-            msg = f"data_range must be a positive number, got {data_range!r}"
-            raise ValueError(msg)
-        return float(data_range)
-    if plane.dtype.kind in "ui":
-        return float(np.iinfo(plane.dtype).max)
-    peak = float(plane.max())
-    return 1.0 if peak <= 1.0 else peak
-
-
-def rounding_variance(plane: np.ndarray, scale: float) -> float:
-    """Variance of the rounding to integers on the [0, 1] scale: ``1 / (12 scale^2)`` for
-    integer planes (one DN step is ``1 / scale``), 0 for float planes."""
-    return 1.0 / (12.0 * scale**2) if plane.dtype.kind in "ui" else 0.0
-
-
-def _fills_little_of_dtype(plane: np.ndarray) -> bool:
-    """True for >8-bit integer data below 1/16 of the dtype's range (e.g. 12 bits in uint16)."""
-    return (plane.dtype.kind in "ui" and plane.dtype.itemsize > 1
-            and plane.max() < np.iinfo(plane.dtype).max / 16)
-
-
-def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
-
-
 def iter_denoise_planes(
     planes: Iterable[np.ndarray] | np.ndarray,
     settings: Settings | None = None,
@@ -168,7 +142,11 @@ def iter_denoise_planes(
     data_range: float | None = None,
     noise_reference: Callable[[Hashable], Any] | None = None,
 ) -> Iterator[PlaneResult]:
-    """Denoise 2D planes one after another, yielding each result as soon as it is ready.
+    """Denoise 2D planes one after another, each with a network of its own, yielding each
+    result as soon as it is ready.
+
+    This is the paper's network per plane, for planes that are not a stack. Stacks (whose
+    planes of one channel can share a network) go through :mod:`fm2s.engine`.
 
     Parameters
     ----------
@@ -202,34 +180,18 @@ def iter_denoise_planes(
     """
     settings = settings or make_settings()
     device = resolve_device(device)
-    if threads is not None:
-        if threads < 1:
-            msg = f"threads must be >= 1, got {threads!r}"
-            raise ValueError(msg)
-        torch.set_num_threads(threads)
+    set_threads(threads)
     group_size = CUDA_GROUP_SIZE if device.type == "cuda" else 1
     key_iter = iter(keys) if keys is not None else None
-    warned = False
+    warn = LowRangeWarning(settings, data_range)
 
     def prepared():
-        nonlocal warned
         for index, plane in enumerate(planes):
             plane = np.asarray(plane)
-            _check_plane(plane, settings, f"plane {index}")
-            scale = intensity_range(plane, data_range)
-            if (not warned and data_range is None and settings.noise_model == "fm2s"
-                    and _fills_little_of_dtype(plane)):
-                warned = True
-                log.warning(
-                    "plane %d: %s data use at most %d of %d levels; the global Poisson stage "
-                    "then synthesises far too much noise. Pass data_range (for 12-bit "
-                    "cameras: 4095) to map the camera's range onto [0, 1]", index, plane.dtype,
-                    int(plane.max()), int(scale))
-            normalised = (plane.astype(np.float64) / scale).astype(np.float32)
-            # Keying on the [0, 1] plane gives a uint16 copy of a uint8 plane (x257) its seed.
-            key = next(key_iter) if key_iter is not None else content_key(normalised)
-            own, info = _plane_settings(plane, settings, key, data_range, noise_reference)
-            yield plane, normalised, scale, key, own, info
+            key = next(key_iter) if key_iter is not None else None
+            yield prepare_plane(plane, settings, key, data_range=data_range,
+                                noise_reference=noise_reference, what=f"plane {index}",
+                                warn=warn)
 
     pending = prepared()
     while True:
@@ -239,10 +201,78 @@ def iter_denoise_planes(
                 msg = "more keys than planes"
                 raise ValueError(msg)
             return
-        # Consecutive planes with equal batch shapes and settings train together.
-        for (_, own), members in groupby(
-                chunk, key=lambda item: (group_key(item[4], item[0].shape), item[4])):
-            yield from _denoise_group(list(members), own, seed, device)
+        start = time.perf_counter()
+        units = [TrainingUnit((p,), plane_seed(seed, p.key)) for p in chunk if not p.constant]
+        networks = iter(train_networks(units, device))
+        results = [constant_result(p, seed) if p.constant
+                   else apply_network(next(networks), p, plane_seed(seed, p.key), device)
+                   for p in chunk]
+        share = (time.perf_counter() - start) / len(chunk)
+        for result in results:
+            result.seconds = share
+        yield from results
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's CPU threads (None: leave torch's own choice)."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            msg = f"threads must be an int >= 1, got {threads!r}"
+            raise ValueError(msg)
+        torch.set_num_threads(threads)
+
+
+class LowRangeWarning:
+    """Warns once when a hand-set preset meets >8-bit data that fill little of their dtype."""
+
+    def __init__(self, settings: Settings, data_range: float | None):
+        self.armed = data_range is None and settings.noise_model == "fm2s"
+
+    def __call__(self, plane: np.ndarray, scale: float, what: str) -> None:
+        if self.armed and fills_little_of_dtype(plane) and plane.max() > plane.min():
+            self.armed = False
+            log.warning(
+                "%s: %s data use at most %d of %d levels; the global Poisson stage "
+                "then synthesises far too much noise. Pass data_range (for 12-bit "
+                "cameras: 4095) to map the camera's range onto [0, 1]", what, plane.dtype,
+                int(plane.max()), int(scale))
+
+
+@dataclass(eq=False)
+class PreparedPlane:
+    """A plane checked and put on the [0, 1] scale, with its effective settings."""
+
+    plane: np.ndarray  # as given
+    noisy: np.ndarray  # (Y, X) float32, plane / scale
+    scale: float  # intensity mapped to 1.0
+    key: Hashable  # identity (seeds)
+    settings: Settings  # resolved for this plane
+    info: dict[str, Any] | None  # auto: estimate, source, resolved settings
+
+    @property
+    def constant(self) -> bool:
+        """A constant plane is its own result (there is no noise to learn from)."""
+        return bool(self.plane.min() == self.plane.max())
+
+
+def prepare_plane(plane: np.ndarray, settings: Settings, key: Hashable | None = None, *,
+                  data_range: float | None = None,
+                  noise_reference: Callable[[Hashable], Any] | None = None,
+                  what: str = "plane", warn: Callable | None = None) -> PreparedPlane:
+    """Check a plane, scale it to [0, 1] and resolve its settings (``auto``: its estimate).
+
+    `key` None keys the plane by its content (:func:`content_key` of the [0, 1] plane, so a
+    uint16 copy of a uint8 plane, x257, gets its seed). Raises ValueError on a plane the
+    engine cannot denoise, naming it by `what`.
+    """
+    _check_plane(plane, settings, what)
+    scale = intensity_range(plane, data_range)
+    if warn is not None:
+        warn(plane, scale, what)
+    normalised = (plane.astype(np.float64) / scale).astype(np.float32)
+    key = content_key(normalised) if key is None else key
+    own, info = _plane_settings(plane, settings, key, data_range, noise_reference)
+    return PreparedPlane(plane, normalised, scale, key, own, info)
 
 
 def _plane_settings(plane, settings, key, data_range, noise_reference):
@@ -258,34 +288,6 @@ def _plane_settings(plane, settings, key, data_range, noise_reference):
     info = {"estimate": chosen.to_dict(), "source": source,
             "plane_std_dn": float(f"{own.std_dn:.6g}"), "settings": resolved.to_dict()}
     return resolved, info
-
-
-def training_boost(noisy: np.ndarray, settings: Settings) -> float:
-    """Power of two by which a [0, 1] plane is multiplied to train and apply its network.
-
-    The network's initialisation and learning rate suit data that fill [0, 1]. Data far below
-    it (12-bit camera data stored as uint16 fill at most 1/16) train worse: FMD planes stored
-    that way lost 0.2-0.3 dB. The Poisson-Gaussian model of ``auto`` has no fixed scale (its
-    gain and read variance scale with the data), so such a plane is multiplied to bring its
-    peak into (0.5, 1], and the network's output divided back. A power of two keeps every step
-    exact. The paper's presets return 1: their synthetic noise depends on the [0, 1] scale.
-
-    Parameters
-    ----------
-    noisy : ndarray (Y, X)
-        The plane on the [0, 1] scale.
-    settings : Settings
-
-    Returns
-    -------
-    float
-        1 for planes whose peak is above 0.5 (all 8-bit data that uses its upper half), for
-        empty or black planes and for the ``fm2s`` noise model; else ``2**k``.
-    """
-    peak = float(noisy.max())
-    if settings.noise_model != "poisson-gaussian" or not 0 < peak <= 0.5:
-        return 1.0
-    return float(2.0 ** math.floor(-math.log2(peak)))
 
 
 def sure_blend_weight(net, noisy: np.ndarray, clean: np.ndarray, settings: Settings,
@@ -319,62 +321,135 @@ def sure_blend_weight(net, noisy: np.ndarray, clean: np.ndarray, settings: Setti
     return float(np.clip(weight, 0.0, 1.0)) if np.isfinite(weight) else 1.0
 
 
-def _denoise_group(members, settings, seed, device) -> list[PlaneResult]:
-    start = time.perf_counter()
-    results: list[PlaneResult | None] = [None] * len(members)
-    by_boost: dict[float, list] = {}  # planes of one boost train together, on scaled settings
-    for slot, (plane, noisy, scale, key, _, info) in enumerate(members):
-        if plane.min() == plane.max():
-            # A constant plane is its own denoised result (and has no noise to learn from).
-            if info is not None:
-                info = {**info, "blend": 0.0}
-            results[slot] = PlaneResult(plane.copy(), 0.0, plane_seed(seed, key), key, scale,
-                                        info)
-            continue
-        boost = training_boost(noisy, settings)
-        by_boost.setdefault(boost, []).append((slot, plane, noisy * np.float32(boost), key,
-                                               scale, info))
-    for boost, trainable in by_boost.items():
-        for slot, result in _train_and_apply(trainable, settings, boost, seed, device):
-            results[slot] = result
-    share = (time.perf_counter() - start) / len(members)
-    for result in results:
-        result.seconds = share
-    return results
+@dataclass(frozen=True)
+class TrainingUnit:
+    """Planes that train one network together (one: the paper's network per plane)."""
+
+    planes: tuple[PreparedPlane, ...]  # equal shapes, equal settings
+    seed: int  # the network's seed (weights, crops, noise)
 
 
-def _train_and_apply(trainable, settings, boost, seed, device):
-    """Train the planes' networks on ``boost`` times their [0, 1] intensities (the noise model
-    scaled to match); yield ``(slot, PlaneResult)`` of each, scaled back."""
-    recorded = settings
-    if boost != 1:
-        settings = settings.replace(gain=settings.gain * boost,
-                                    read_var=settings.read_var * boost**2)
-    seeds = [plane_seed(seed, key) for _, _, _, key, _, _ in trainable]
+@dataclass
+class Network:
+    """A trained single-model network and what applying it needs."""
+
+    model: FM2SNet
+    seed: int
+    settings: Settings  # resolved, on the planes' [0, 1] scale
+    boost: float  # the planes were multiplied by this to train (training_boost)
+    trained_on: tuple[Hashable, ...]  # keys of the planes it was trained on
+    seconds: float = 0.0  # training wall time (its share of a grouped pass)
+
+
+def unit_samples(settings: Settings, planes: int) -> int:
+    """Synthetic samples of a network trained on `planes` planes.
+
+    One plane trains the recipe's ``samples``; a shared network trains ``samples`` per plane,
+    up to ``group_samples``: its cost per plane never exceeds a network of its own.
+    """
+    if planes <= 1:
+        return settings.samples
+    return max(settings.samples, min(planes * settings.samples, settings.group_samples))
+
+
+def unit_boost(unit: TrainingUnit) -> float:
+    """The training boost of a unit: its brightest plane's (no plane leaves [0, 1])."""
+    return min(training_boost(p.noisy, p.settings) for p in unit.planes)
+
+
+def _scaled(settings: Settings, boost: float) -> Settings:
+    """The noise model on planes multiplied by `boost` (Poisson-Gaussian scales exactly)."""
+    if boost == 1:
+        return settings
+    return settings.replace(gain=settings.gain * boost, read_var=settings.read_var * boost**2)
+
+
+def train_networks(units: Sequence[TrainingUnit], device: torch.device,
+                   pack: int | None = None) -> list[Network]:
+    """Train one network per unit; units with equal batch shapes, settings and boosts train
+    together in grouped passes of up to `pack` networks (default: ``CUDA_GROUP_SIZE`` on
+    CUDA, 1 on CPU, where grouping gains nothing).
+
+    Returns
+    -------
+    list of Network
+        In the order of `units`.
+    """
+    pack = pack or (CUDA_GROUP_SIZE if device.type == "cuda" else 1)
+    prepared = []
+    for slot, unit in enumerate(units):
+        first = unit.planes[0]
+        samples = unit_samples(first.settings, len(unit.planes))
+        settings = (first.settings if samples == first.settings.samples
+                    else first.settings.replace(samples=samples))
+        boost = unit_boost(unit)
+        key = (group_key(settings, first.noisy.shape), settings, boost)
+        prepared.append((key, slot, unit, settings, boost))
+    networks: list[Network | None] = [None] * len(units)
+    order = sorted(range(len(prepared)), key=lambda i: (prepared[i][0][0], i))
+    batches: dict[tuple, list] = {}
+    for i in order:
+        batches.setdefault(prepared[i][0], []).append(prepared[i])
+    for members in batches.values():
+        for start in range(0, len(members), pack):
+            for slot, network in _fit_units(members[start:start + pack], device):
+                networks[slot] = network
+    return networks
+
+
+def _fit_units(members, device):
+    """Train units of one batch key in one grouped pass; yield ``(slot, Network)``."""
+    began = time.perf_counter()
+    _, _, first_unit, settings, boost = members[0]
+    train_settings = _scaled(settings, boost)
     data = []
-    for (_, _, work, _, _, _), own_seed in zip(trainable, seeds, strict=True):
-        target = median_target(work, settings.median_size)
-        means = region_means(target, settings.region_size, settings.mean_clamp)
-        init_gen = torch.Generator().manual_seed(own_seed)
-        noise_gen = torch.Generator(device=device).manual_seed(own_seed ^ 0x5EED)
-        data.append(PlaneData(*(torch.from_numpy(a).to(device) for a in (work, target, means)),
-                              init_gen, noise_gen))
-    log.debug("training %d plane(s) of shape %s", len(trainable), trainable[0][1].shape)
-    net = fit(data, settings, device)
-    for g, ((slot, plane, work, key, scale, info), own_seed) in enumerate(
-            zip(trainable, seeds, strict=True)):
-        model = extract_model(net, g)
-        clean = predict(model, work, device,
-                        turn_average=settings.turn_average).astype(np.float64)
-        if settings.blend == "sure":
-            # On the boosted scale, where the settings' noise model holds; w is scale-free.
-            quant = boost**2 * rounding_variance(plane, scale)
-            weight = sure_blend_weight(model, work, clean, settings, quant, own_seed, device)
-            clean = weight * clean + (1.0 - weight) * work
-            info = {**(info or {"settings": recorded.to_dict()}),
-                    "blend": float(f"{weight:.6g}")}
-        image = _to_dtype(clean / boost * scale, plane.dtype)
-        yield slot, PlaneResult(image, 0.0, own_seed, key, scale, info)
+    for _, _, unit, _, _ in members:
+        works = [p.noisy * np.float32(boost) for p in unit.planes]
+        targets = [median_target(w, settings.median_size) for w in works]
+        means = [region_means(t, settings.region_size, settings.mean_clamp) for t in targets]
+        init_gen = torch.Generator().manual_seed(unit.seed)
+        noise_gen = torch.Generator(device=device).manual_seed(unit.seed ^ 0x5EED)
+        data.append(TrainingSet(*([torch.from_numpy(a).to(device) for a in arrays]
+                                  for arrays in (works, targets, means)), init_gen, noise_gen))
+    log.debug("training %d network(s) on %s plane(s) of shape %s", len(members),
+              "+".join(str(len(m[2].planes)) for m in members), first_unit.planes[0].noisy.shape)
+    net = fit(data, train_settings, device)
+    seconds = (time.perf_counter() - began) / len(members)
+    for g, (_, slot, unit, _, _) in enumerate(members):
+        network = Network(extract_model(net, g), unit.seed, settings, boost,
+                          tuple(p.key for p in unit.planes), seconds)
+        yield slot, network
+
+
+def apply_network(network: Network, prepared: PreparedPlane, seed: int,
+                  device: torch.device) -> PlaneResult:
+    """Denoise one plane with a trained network (and the SURE blend of its settings).
+
+    `seed` is the plane's own seed (the blend's probe). ``seconds`` of the result is the
+    inference time; callers add their share of training.
+    """
+    began = time.perf_counter()
+    boost, settings, info = network.boost, _scaled(network.settings, network.boost), prepared.info
+    work = prepared.noisy * np.float32(boost)
+    clean = predict(network.model, work, device,
+                    turn_average=settings.turn_average).astype(np.float64)
+    if settings.blend == "sure":
+        # On the boosted scale, where the settings' noise model holds; w is scale-free.
+        quant = boost**2 * rounding_variance(prepared.plane, prepared.scale)
+        weight = sure_blend_weight(network.model, work, clean, settings, quant, seed, device)
+        clean = weight * clean + (1.0 - weight) * work
+        info = {**(info or {"settings": network.settings.to_dict()}),
+                "blend": float(f"{weight:.6g}")}
+    image = to_dtype(clean / boost * prepared.scale, prepared.plane.dtype)
+    return PlaneResult(image, time.perf_counter() - began, seed, prepared.key, prepared.scale,
+                       info)
+
+
+def constant_result(prepared: PreparedPlane, seed: int) -> PlaneResult:
+    """A constant plane's result: the plane itself (blend 0: all input)."""
+    info = None if prepared.info is None else {**prepared.info, "blend": 0.0}
+    return PlaneResult(prepared.plane.copy(), 0.0, plane_seed(seed, prepared.key),
+                       prepared.key, prepared.scale, info)
 
 
 def denoise_planes(planes, settings: Settings | None = None, **kwargs) -> list[np.ndarray]:

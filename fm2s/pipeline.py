@@ -1,12 +1,11 @@
 """Denoise a whole stack into an OME-Zarr store, plane by plane.
 
 :func:`denoise_stack` opens the input lazily (:func:`fm2s.stacks.open_stack`),
-feeds its planes one at a time to :func:`fm2s.denoise.iter_denoise_planes` and
-writes each result, with its pyramid, into an :class:`fm2s.ome.OmeZarrWriter`
-as soon as it is ready. Only a few planes are ever in memory (one on CPU, up to
-``fm2s.denoise.CUDA_GROUP_SIZE`` on a GPU, where planes train in groups), so
-the peak memory does not grow with the number of planes. The store appears
-under its final name only when complete, with provenance under ``"fm2s"``.
+denoises it with the stack engine (:func:`fm2s.engine.denoise_stack_planes`: a network per
+group of planes, trained, then applied) and writes each result, with its pyramid, into an
+:class:`fm2s.ome.OmeZarrWriter` as soon as it is ready. Only one group's planes are ever in
+memory (a few groups' on a GPU), so the peak memory does not grow with the number of planes.
+The store appears under its final name only when complete, with provenance under ``"fm2s"``.
 """
 
 from __future__ import annotations
@@ -26,8 +25,9 @@ from fm2s._provenance import (
     fingerprint_input,
     utc_now,
 )
+from fm2s.engine import plane_sha256
 from fm2s.ome import OmeZarrWriter, check_output_path
-from fm2s.stacks import StackError, open_stack
+from fm2s.stacks import PlaneKey, open_stack
 
 __all__ = ["SEED_DERIVATION", "denoise_stack"]
 
@@ -57,6 +57,8 @@ def denoise_stack(
     progress: bool = True,
     data_range: float | None = None,
     tile: int = 2048,
+    model: Any = None,
+    model_path: str | Path | None = None,
 ) -> Path:
     """Denoise every plane of a stack with FM2S and write an OME-Zarr store.
 
@@ -83,6 +85,9 @@ def denoise_stack(
         Show a tqdm progress bar (on stderr).
     data_range : float, optional
         Intensity mapped to 1.0 by the engine (default: from the dtype).
+    model : StackModel, optional
+        Apply these networks (:func:`fm2s.engine.apply_model`) instead of training; its
+        settings, seed and data range must be these. `model_path` names its file.
 
     Returns
     -------
@@ -96,12 +101,11 @@ def denoise_stack(
         the engine cannot denoise), an output that exists (unless `overwrite`) or an
         output inside the input. Nothing is left under `output_path` on any error.
     """
-    from fm2s.denoise import iter_denoise_planes, resolve_device
+    from fm2s.denoise import resolve_device, set_threads
+    from fm2s.engine import denoise_stack_planes
 
     input_path, output_path = Path(input_path), Path(output_path)
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        msg = f"threads must be an int >= 1, got {threads!r}"
-        raise ValueError(msg)
+    set_threads(threads)
     torch_device = resolve_device(device)
     started = utc_now()
     with open_stack(input_path, series=series, pages_as=pages_as) as stack:
@@ -109,53 +113,39 @@ def denoise_stack(
         check_output_path(output_path, input_path=input_path, overwrite=overwrite)
         keys = stack.plane_keys()
         fingerprint = fingerprint_input(input_path)
-        pixels = hashlib.sha256()
-
-        def planes():
-            for key in keys:
-                plane = stack.read_plane(key)
-                pixels.update(np.ascontiguousarray(plane).tobytes())
-                yield plane
-
+        raw: dict[PlaneKey, str] = {}
         writer = OmeZarrWriter(
             output_path, shape=meta.shape, dtype=meta.dtype, metadata=meta, levels=levels,
             ngff_version=ngff_version, overwrite=overwrite, tile=tile,
         )  # fmt: skip
         logger.info(
-            "denoising %s (%s, %d planes of %d x %d %s) into %s on %s",
+            "denoising %s (%s, %d planes of %d x %d %s) into %s on %s%s",
             input_path, meta.format, len(keys), *meta.shape[3:], meta.dtype, output_path,
-            torch_device,
+            torch_device, f" with {model_path}" if model_path else "",
         )  # fmt: skip
-        plane_seconds: dict[str, float] = {}
-        plane_infos: dict[str, dict] = {}
+        results: dict[PlaneKey, Any] = {}
         references = None
-        if settings.needs_estimate:
+        if settings.needs_estimate and model is None:
             from fm2s.estimate import ChannelReferences
 
             references = ChannelReferences(stack, data_range)
-        bar = tqdm(total=len(keys), unit="plane", desc=input_path.name, disable=not progress)
+        bar = tqdm(total=len(keys), unit="plane", desc=input_path.name,
+                   disable=None if progress else True)
         with writer, bar:
-            results = iter_denoise_planes(
-                planes(), settings, seed=seed, keys=[tuple(k) for k in keys],
-                device=torch_device, threads=threads, data_range=data_range,
-                noise_reference=references,
+            planes = denoise_stack_planes(
+                stack, settings, seed=seed, data_range=data_range, device=torch_device,
+                model=model, references=references,
+                on_plane=lambda key, plane: raw.__setitem__(key, plane_sha256(plane)),
             )  # fmt: skip
-            try:
-                for n, (key, result) in enumerate(zip(keys, results, strict=True), 1):
-                    writer.write_plane(key, result.image)
-                    plane_seconds[key.label] = result.seconds
-                    if result.info is not None:
-                        plane_infos[key.label] = result.info
-                    bar.update(1)
-                    logger.info(
-                        "%s: plane %d/%d (t,c,z = %s) denoised in %.2f s",
-                        input_path.name, n, len(keys), key.label, result.seconds,
-                    )  # fmt: skip
-            except StackError:
-                raise
-            except ValueError as exc:  # the engine refused a plane of this input
-                msg = f"{input_path}: cannot denoise: {exc}"
-                raise StackError(msg) from exc
+            for n, (key, result) in enumerate(planes, 1):
+                writer.write_plane(key, result.image)
+                results[key] = _plane_record(result, raw[key])
+                bar.update(1)
+                logger.info(
+                    "%s: plane %d/%d (t,c,z = %s) denoised in %.2f s%s",
+                    input_path.name, n, len(keys), key.label, result.seconds,
+                    f" by {result.info['network']}" if result.info else "",
+                )  # fmt: skip
             record = build_provenance(
                 settings=settings,
                 seed=seed,
@@ -167,18 +157,104 @@ def denoise_stack(
                 device=describe_device(torch_device),
                 started=started,
                 finished=utc_now(),
-                plane_seconds=plane_seconds,
-                pixels_sha256=pixels.hexdigest(),
-                estimate=_estimate_record(references, plane_infos),
+                plane_seconds={k.label: results[k]["seconds"] for k in keys},
+                pixels_sha256=pixels_digest(raw[k] for k in keys),
+                estimate=None,
             )
+            record.update(stack_record(
+                results, keys, data_range=data_range, model=model_path,
+                references=references.record() if references else
+                (model.references if model else None)))  # fmt: skip
             writer.commit(record)
     return output_path
 
 
-def _estimate_record(references, plane_infos):
-    """Provenance ``estimate`` block of an ``auto`` run (None for fixed presets)."""
-    if references is None and not plane_infos:
-        return None
+def _plane_record(result, input_sha256: str) -> dict[str, Any]:
+    """What provenance keeps of a plane's result (see :func:`stack_record`)."""
+    return {"seconds": result.seconds, "info": result.info, "input_sha256": input_sha256}
+
+
+def pixels_digest(plane_hashes) -> str:
+    """SHA-256 over the SHA-256 of every raw plane, in plane order: identifies the pixels
+    read, whichever job read which plane."""
+    digest = hashlib.sha256()
+    for plane_hash in plane_hashes:
+        digest.update(bytes.fromhex(plane_hash))
+    return digest.hexdigest()
+
+
+def stack_record(results, keys, *, data_range, model=None, references=None) -> dict[str, Any]:
+    """Provenance entries of a stack's planes: ``data_range``, ``networks`` (which network
+    denoised which plane, summarised) and, for ``auto``, ``estimate``."""
     from fm2s.estimate import provenance_record
 
-    return provenance_record(references.record() if references else {}, plane_infos)
+    infos = {k.label: results[k]["info"] for k in keys if results[k]["info"]}
+    record: dict[str, Any] = {"data_range": data_range, "model_file": None if model is None
+                              else str(Path(model).resolve())}
+    record["networks"] = network_summary(infos)
+    autos = {label: info for label, info in infos.items() if "estimate" in info}
+    if autos:
+        references = references if references is not None else {}
+        record["estimate"] = provenance_record(references, autos)
+    return record
+
+
+def network_summary(infos: dict[str, dict]) -> dict[str, Any]:
+    """Per network: its digest and the planes it denoised (as ``"t,c,z"`` labels)."""
+    networks: dict[str, dict[str, Any]] = {}
+    for label, info in infos.items():
+        name = info.get("network")
+        if name is None:
+            continue
+        entry = networks.setdefault(name, {"digest": info.get("network_digest"), "planes": []})
+        entry["planes"].append(label)
+    return dict(sorted(networks.items()))
+
+
+def denoise_image_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    settings: Any,
+    seed: int = 0,
+    series: int = 0,
+    pages_as: Literal["z", "t"] = "z",
+    device: str = "auto",
+    threads: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    data_range: float | None = None,
+    model: Any = None,
+) -> Path:
+    """Denoise a PNG or TIFF (plane or stack) into a PNG or TIFF of the input's array shape.
+
+    The same stack engine, seeds and groups as :func:`denoise_stack`: a stack written to
+    ``.tif`` has the pixels it has in an OME-Zarr store. No provenance (use an ``.ome.zarr``
+    output for it).
+    """
+    from fm2s.denoise import resolve_device, set_threads
+    from fm2s.engine import denoise_stack_planes
+    from fm2s.planeio import write_image
+    from fm2s.stacks import AxisMap
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    set_threads(threads)
+    torch_device = resolve_device(device)
+    with open_stack(input_path, series=series, pages_as=pages_as) as stack:
+        meta = stack.metadata
+        check_output_path(output_path, input_path=input_path, overwrite=overwrite)
+        axes = AxisMap(meta.axes_found, meta.shape_found, pages_as=pages_as, path=meta.path)
+        out = np.empty(meta.shape_found, dtype=meta.dtype)
+        keys = stack.plane_keys()
+        logger.info("denoising %s (%s, %d planes of %d x %d %s) into %s on %s", input_path,
+                    meta.format, len(keys), *meta.shape[3:], meta.dtype, output_path,
+                    torch_device)
+        with tqdm(total=len(keys), unit="plane", desc=input_path.name,
+                  disable=None if progress else True) as bar:
+            for key, result in denoise_stack_planes(stack, settings, seed=seed,
+                                                    data_range=data_range, device=torch_device,
+                                                    model=model):
+                out[axes.select(*key)] = axes.to_yx(result.image)  # to_yx is its own inverse
+                bar.update(1)
+    write_image(output_path, out, overwrite=overwrite)
+    return output_path

@@ -437,9 +437,13 @@ def _stack_section(name: str, source: Path, store: Path, *, series: int, pages_a
     if job_benchmarks:
         parts.append(_benchmark_table(job_benchmarks))
 
+    parts.append(_networks_table(record))
     settings = record.get("settings") or {}
+    # Per-plane records stay in the store (fm2s info, provenance()); the page summarises them.
     shown = {k: v for k, v in record.items()
-             if k not in ("settings", "plane_seconds", "libraries", "workflow")}
+             if k not in ("settings", "plane_seconds", "libraries", "workflow", "networks")}
+    if "estimate" in shown:
+        shown["estimate"] = {k: v for k, v in shown["estimate"].items() if k != "planes"}
     shown["input"] = {k: v for k, v in (shown.get("input") or {}).items() if k != "metadata"}
     libraries = ", ".join(f"{k} {v}" for k, v in (record.get("libraries") or {}).items() if v)
     flow = dict(record.get("workflow") or {})
@@ -462,6 +466,38 @@ def _stack_section(name: str, source: Path, store: Path, *, series: int, pages_a
     return head + "".join(parts), summary
 
 
+def network_rows(record: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per network of a store's provenance: id, kind, planes, first and last plane,
+    blend weights of its planes (``auto``), digest."""
+    planes = (record.get("estimate") or {}).get("planes") or {}
+    rows = []
+    for name, entry in (record.get("networks") or {}).items():
+        labels = entry.get("planes") or []
+        blends = [planes[p]["blend"] for p in labels
+                  if p in planes and planes[p].get("blend") is not None]
+        kind = "shared" if len(labels) > 1 or name.startswith("group-") else "own"
+        rows.append([name, kind, len(labels), labels[0] if labels else "",
+                     labels[-1] if labels else "",
+                     f"{min(blends):.2f}-{max(blends):.2f}" if blends else "",
+                     (entry.get("digest") or "")[:12]])
+    return rows
+
+
+def _networks_table(record: Mapping[str, Any]) -> str:
+    rows = network_rows(record)
+    if not rows:
+        return ""
+    own = [r for r in rows if r[1] == "own"]
+    note = (f"<p>{len(rows)} network(s) denoised {sum(r[2] for r in rows)} planes; "
+            f"{len(own)} plane(s) had a network of their own (their noise differed from their "
+            "channel's, or per-plane training). Per-plane records: <code>fm2s info</code> and "
+            "the store's provenance.</p>")
+    shown = rows if len(rows) <= 60 else [*own[:30], *[r for r in rows if r[1] == "shared"][:30]]
+    return ("<h3>Networks</h3>" + note
+            + _table(shown, ["network", "kind", "planes", "first t,c,z", "last t,c,z",
+                             "blend weights", "digest"]))
+
+
 def _benchmark_table(paths: Sequence[Path]) -> str:
     """Snakemake ``benchmark:`` files of the denoise jobs: wall seconds and peak RSS."""
     import csv
@@ -471,7 +507,8 @@ def _benchmark_table(paths: Sequence[Path]) -> str:
         with open(path, newline="") as fh:
             for entry in csv.DictReader(fh, delimiter="\t"):
                 rows.append((Path(path).stem, float(entry["s"]), entry.get("max_rss", "NA")))
-    return ("<p>Denoise jobs (Snakemake benchmark files: wall seconds of the whole job, with "
+    return ("<p>Training and denoise jobs (Snakemake benchmark files: wall seconds of the whole "
+            "job, with "
             "start-up, reading and writing; peak resident memory in MB):</p>"
             + _table(rows, ["job", "seconds", "max RSS (MB)"]))
 

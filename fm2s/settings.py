@@ -54,7 +54,14 @@ _BLENDS = ("none", "sure")
 # defaults, so the digests (and workflow result names) of existing settings do not change.
 _OPTIONAL = {"noise_model": "fm2s", "gain": 0.0, "read_var": 0.0, "noise_corr": 0.0,
              "noise_line_corr": 0.0,
-             "blend": "none", "auto_fields": (), "turn_average": False}
+             "blend": "none", "auto_fields": (), "turn_average": False,
+             "group_size": 1, "group_samples": 0}
+
+# Shared training of the fast recipe (fm2s.engine): consecutive planes of one channel whose
+# noise agrees share a network of up to GROUP_SIZE planes, trained for `samples` per plane up
+# to GROUP_SAMPLES in all (benchmarks/shared.py; README "One network for many planes").
+GROUP_SIZE = 16
+GROUP_SAMPLES = 3000
 
 # Network and schedule. Step counts are optimiser steps; a "sample" is one fresh noise draw.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -78,6 +85,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         kernel_size=5, mean_clamp=(1e-5, 0.15), warmup_steps=0, samples=1500, steps_per_sample=1,
         lr=4e-3, lr_schedule="onecycle", lr_milestones=(), lr_gamma=1.0,
         crop_size=48, batch_size=7, precision="auto", turn_average=True,
+        group_size=GROUP_SIZE, group_samples=GROUP_SAMPLES,
     ),
 }
 
@@ -160,6 +168,13 @@ class Settings:
         ``sure``: output ``w * net + (1 - w) * input`` with the weight ``w`` in [0, 1] that
         minimises Stein's unbiased risk estimate under the Poisson-Gaussian model above (needs
         ``gain``/``read_var``); keeps low-noise planes from being over-smoothed.
+    group_size : int
+        In a stack, planes per shared network (:mod:`fm2s.engine`): consecutive planes of one
+        channel whose noise agrees train one network together. 1: a network per plane (the
+        paper's). Single planes always train their own.
+    group_samples : int
+        Synthetic samples of a shared network of ``P`` planes: ``P * samples``, at most this
+        (at least ``samples``). Normalised to 0 when ``group_size`` is 1.
     auto_fields : tuple of str
         Fields still to be chosen from each plane's noise estimate (see :data:`AUTO_FIELDS`);
         non-empty only for unresolved ``preset="auto"`` settings.
@@ -197,13 +212,23 @@ class Settings:
     blend: str = _OPTIONAL["blend"]
     auto_fields: tuple[str, ...] = _OPTIONAL["auto_fields"]
     turn_average: bool = _OPTIONAL["turn_average"]
+    group_size: int = _OPTIONAL["group_size"]
+    group_samples: int = _OPTIONAL["group_samples"]
 
     def __post_init__(self):
         # Normalise sequences read back from JSON to tuples, so equality and hashing hold.
         object.__setattr__(self, "mean_clamp", tuple(float(v) for v in self.mean_clamp))
         object.__setattr__(self, "lr_milestones", tuple(int(v) for v in self.lr_milestones))
         object.__setattr__(self, "auto_fields", tuple(str(v) for v in self.auto_fields))
+        if self.group_size == 1:
+            # Meaningless for a network per plane: per-plane settings keep one digest.
+            object.__setattr__(self, "group_samples", 0)
         self._validate()
+
+    @property
+    def per_plane(self) -> bool:
+        """True when every plane trains a network of its own (``group_size == 1``)."""
+        return self.group_size == 1
 
     @property
     def needs_estimate(self) -> bool:
@@ -222,6 +247,8 @@ class Settings:
             positive_int(name)
         positive_int("warmup_steps", 0)
         positive_int("crop_size", 0)
+        positive_int("group_size")
+        positive_int("group_samples", 0)
         if self.median_size % 2 == 0 or self.kernel_size % 2 == 0:
             msg = (f"settings: median_size and kernel_size must be odd, got "
                    f"{self.median_size} and {self.kernel_size}")

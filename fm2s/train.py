@@ -1,9 +1,11 @@
 """Training FM2S networks, and applying them.
 
-One call trains one independent network per plane. Planes trained together share a grouped
-convolution (one forward pass for all), never a weight; every random draw of a plane (weights,
-crop positions, noise) comes from that plane's own generators, and each plane's loss is reduced
-on its own, so a plane's network does not depend on its companions.
+One call trains several independent networks, each from its own :class:`TrainingSet`: one
+plane (the paper's network per plane) or several planes of a stack that share a network.
+Networks trained together share a grouped convolution (one forward pass for all), never a
+weight; every random draw of a network (weights, planes and crop positions, noise) comes from
+its own generators, and each network's loss is reduced on its own, so a network does not
+depend on its companions.
 """
 
 from __future__ import annotations
@@ -22,17 +24,22 @@ from .model import FM2SNet
 from .noise import synthesize, synthesize_poisson_gaussian
 from .settings import Settings
 
-__all__ = ["PlaneData", "extract_model", "fit", "learning_rate", "predict", "uses_bfloat16"]
+__all__ = ["TrainingSet", "extract_model", "fit", "learning_rate", "predict", "uses_bfloat16"]
 
 
 @dataclass
-class PlaneData:
-    """What training needs of one plane, on the [0, 1] scale, as (Y, X) float32 tensors."""
+class TrainingSet:
+    """What training one network needs: its planes on the [0, 1] scale, as (Y, X) float32
+    tensors of one shape, and its generators.
 
-    noisy: torch.Tensor  # the real plane x
-    target: torch.Tensor  # median-filtered plane c
-    means: torch.Tensor  # region means M, per pixel
-    init_generator: torch.Generator  # CPU: weights and crop positions
+    With one plane, every draw is that of the paper's network per plane; with several, each
+    crop (or full-frame sample) first draws which plane it comes from.
+    """
+
+    noisy: list[torch.Tensor]  # the real planes x
+    target: list[torch.Tensor]  # their median-filtered planes c
+    means: list[torch.Tensor]  # their region means M, per pixel
+    init_generator: torch.Generator  # CPU: weights, planes and crop positions
     noise_generator: torch.Generator  # on the training device: noise draws
 
 
@@ -67,19 +74,24 @@ def group_key(settings: Settings, shape: tuple[int, int]) -> tuple[int, int]:
     return min(settings.crop_size, shape[0]), min(settings.crop_size, shape[1])
 
 
-def _draw_batch(plane: PlaneData, settings: Settings, crop: tuple[int, int]):
+def _draw_batch(data: TrainingSet, settings: Settings, crop: tuple[int, int]):
     """Crops of (target, means) for one step, each repeated into the n channels."""
     n, batch = settings.channels, settings.batch_size
-    height, width = plane.target.shape
+    height, width = data.target[0].shape
+    generator, count = data.init_generator, len(data.target)
     if crop == (height, width):
-        target, means = plane.target[None, None], plane.means[None, None]
+        which = torch.randint(0, count, (1,), generator=generator).item() if count > 1 else 0
+        target, means = data.target[which][None, None], data.means[which][None, None]
     else:
-        tops = torch.randint(0, height - crop[0] + 1, (batch,), generator=plane.init_generator)
-        lefts = torch.randint(0, width - crop[1] + 1, (batch,), generator=plane.init_generator)
-        windows = [(slice(t, t + crop[0]), slice(s, s + crop[1]))
-                   for t, s in zip(tops.tolist(), lefts.tolist(), strict=True)]
-        target = torch.stack([plane.target[w] for w in windows])[:, None]  # (B, 1, h, w)
-        means = torch.stack([plane.means[w] for w in windows])[:, None]
+        # One plane draws no plane indices: the same draws as a network of its own.
+        which = (torch.randint(0, count, (batch,), generator=generator).tolist()
+                 if count > 1 else [0] * batch)
+        tops = torch.randint(0, height - crop[0] + 1, (batch,), generator=generator)
+        lefts = torch.randint(0, width - crop[1] + 1, (batch,), generator=generator)
+        windows = [(p, (slice(t, t + crop[0]), slice(s, s + crop[1])))
+                   for p, t, s in zip(which, tops.tolist(), lefts.tolist(), strict=True)]
+        target = torch.stack([data.target[p][w] for p, w in windows])[:, None]  # (B, 1, h, w)
+        means = torch.stack([data.means[p][w] for p, w in windows])[:, None]
     target = target.expand(-1, n, -1, -1).contiguous()  # (B, n, h, w)
     return target, means
 
@@ -93,25 +105,25 @@ def _synthesize(target, means, settings: Settings, generator) -> torch.Tensor:
                       generator=generator)
 
 
-def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM2SNet:
-    """Train one FM2S network per plane, all planes in one grouped forward pass.
+def fit(planes: list[TrainingSet], settings: Settings, device: torch.device) -> FM2SNet:
+    """Train one FM2S network per training set, all in one grouped forward pass.
 
     Parameters
     ----------
-    planes : list of PlaneData
-        Planes whose batches have equal shapes (equal :func:`group_key`).
+    planes : list of TrainingSet
+        Training sets whose planes have batches of equal shapes (equal :func:`group_key`).
     settings : Settings
     device : torch.device
 
     Returns
     -------
     FM2SNet
-        ``models == len(planes)``; use :func:`extract_model` to get plane ``g``'s network.
+        ``models == len(planes)``; use :func:`extract_model` to get network ``g``.
     """
     if device.type == "cpu":
         _keep_freed_buffers()
     n, count = settings.channels, len(planes)
-    crop = group_key(settings, tuple(planes[0].target.shape))
+    crop = group_key(settings, tuple(planes[0].target[0].shape))
     net = FM2SNet(n, settings.kernel_size, models=count)
     net.reset_parameters([p.init_generator for p in planes])
     net = net.to(device=device, memory_format=torch.channels_last)
@@ -130,10 +142,13 @@ def fit(planes: list[PlaneData], settings: Settings, device: torch.device) -> FM
         optimizer.step()
 
     if settings.warmup_steps:
-        # v2's stage 1: a few steps from the real noisy plane to its median.
-        inputs = torch.cat([p.noisy[None, None].expand(-1, n, -1, -1) for p in planes], 1)
-        targets = torch.cat([p.target[None, None].expand(-1, n, -1, -1) for p in planes], 1)
-        for _ in range(settings.warmup_steps):
+        # v2's stage 1: a few steps from the real noisy plane to its median (a shared network
+        # takes its planes in turn).
+        for index in range(settings.warmup_steps):
+            inputs = torch.cat([p.noisy[index % len(p.noisy)][None, None].expand(-1, n, -1, -1)
+                                for p in planes], 1)
+            targets = torch.cat([p.target[index % len(p.target)][None, None]
+                                 .expand(-1, n, -1, -1) for p in planes], 1)
             step(inputs, targets, settings.lr)
 
     index = 0
@@ -167,7 +182,7 @@ def _keep_freed_buffers() -> None:
     mallopt(m_trim_threshold, 1 << 30)
 
 
-def _samples(planes: list[PlaneData], settings: Settings, crop: tuple[int, int],
+def _samples(planes: list[TrainingSet], settings: Settings, crop: tuple[int, int],
              device: torch.device):
     """(inputs, targets) of every synthetic sample in turn, all planes side by side."""
     for _ in range(settings.samples):

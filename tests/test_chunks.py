@@ -12,16 +12,19 @@ import torch
 from fm2s import chunks
 from fm2s._provenance import provenance
 from fm2s.chunks import (
+    JobPlan,
     assemble_chunks,
     chunk_ranges,
     denoise_chunk,
     input_stamp,
     job_device,
+    plan_jobs,
     read_chunk_index,
     reformat_store,
     scan_folder,
     stack_name,
     synthetic_stack,
+    train_groups,
     write_synthetic_stack,
 )
 from fm2s.cli import main
@@ -31,13 +34,20 @@ from fm2s.pipeline import denoise_stack
 from fm2s.settings import make_settings
 from fm2s.stacks import StackError, open_stack
 
-ENGINE = importlib.import_module("fm2s.denoise")  # the package re-exports a function of that name
+STACK_ENGINE = importlib.import_module("fm2s.engine")
 STACK = synthetic_stack(1, 2, 3, 32, seed=5)  # (t, c, z, y, x) uint16: 6 planes
 
 
 @pytest.fixture(scope="module")
 def tiny():
     return make_settings("confocal", "fast", steps=2, crop_size=16, batch_size=1)
+
+
+def train_models(source, folder, settings, seed=0, planes_per_job=2):
+    """The model files of the workflow's training jobs for `source`."""
+    plan = plan_jobs(source, settings, planes_per_job)
+    return [train_groups(source, folder / f"training-{i}.npz", settings=settings, groups=groups,
+                         seed=seed) for i, groups in enumerate(plan.trainings)]
 
 
 @pytest.fixture
@@ -125,15 +135,17 @@ def test_job_device_gives_cuda_only_to_jobs_with_a_gpu(tmp_path, monkeypatch):
 def test_chunks_assemble_to_what_denoise_stack_writes(tmp_path, source, tiny):
     expected = denoise_stack(source, tmp_path / "direct.ome.zarr", settings=tiny, seed=7,
                              device="cpu", progress=False)
+    models = train_models(source, tmp_path, tiny, seed=7)
     parts = [tmp_path / f"chunk-{i}.npz" for i in range(3)]
     for part, (start, stop) in zip(parts, [(4, 6), (0, 1), (1, 4)], strict=True):
-        denoise_chunk(source, part, settings=tiny, start=start, stop=stop, seed=7)
+        denoise_chunk(source, part, settings=tiny, models=models, start=start, stop=stop, seed=7)
     index = read_chunk_index(parts[2])
     assert [k.label for k in index["keys"]] == ["0,0,1", "0,0,2", "0,1,0"]
     assert index["seeds"] == [plane_seed(7, (0, 0, 1)), plane_seed(7, (0, 0, 2)),
                               plane_seed(7, (0, 1, 0))]
     assert index["info"]["settings_digest"] == tiny.digest() and index["info"]["device"] == "cpu"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert index["info"]["planes"]["0,1,0"]["network"] == "group-1"
 
     out = assemble_chunks(source, parts, tmp_path / "cells.denoised.ome.zarr", settings=tiny,
                           seed=7, workflow={"config": {"denoise": {"seed": 7}}})
@@ -142,8 +154,10 @@ def test_chunks_assemble_to_what_denoise_stack_writes(tmp_path, source, tiny):
         np.testing.assert_array_equal(a.compute(), b.compute())
     assert got[1]["omero"]["channels"][1]["label"] == "actin"
     record, direct = provenance(out), provenance(expected)
-    for key in ("settings", "settings_digest", "seed", "seed_derivation", "output"):
+    for key in ("settings", "settings_digest", "seed", "seed_derivation", "output", "networks",
+                "data_range"):
         assert record[key] == direct[key], key
+    assert sorted(record["networks"]) == ["group-0", "group-1"]
     for key in ("sha256", "pixels_sha256", "shape_tczyx", "metadata"):
         assert record["input"][key] == direct["input"][key], key
     assert set(record["plane_seconds"]) == set(direct["plane_seconds"])
@@ -151,10 +165,51 @@ def test_chunks_assemble_to_what_denoise_stack_writes(tmp_path, source, tiny):
     assert record["workflow"]["chunks"] == 3 and record["workflow"]["tile"] == 2048
 
 
+def test_job_plan_trains_whole_groups_and_names_each_chunk_its_models():
+    keys = [(t, c, z) for t in range(3) for c in range(2) for z in range(4)]
+    settings = make_settings(group_size=5)
+    plan = JobPlan.of(keys, (64, 64), settings, planes_per_job=7)
+    assert [(g.channel, len(g.keys)) for g in plan.groups] == [(0, 5), (0, 5), (0, 2), (1, 5),
+                                                               (1, 5), (1, 2)]
+    assert plan.trainings == [[0, 1, 2], [3, 4, 5]]  # whole groups, TRAINING_JOB_PLANES at most
+    assert plan.chunks[0] == (0, 7) and plan.chunk_trainings[0] == [0, 1]
+    assert plan.groups[0].keys[:2] == ((0, 0, 0), (0, 0, 1))  # t, z order within a channel
+    big = JobPlan.of(keys, (2048, 2048), settings, planes_per_job=7)  # GROUP_PIXELS caps groups
+    assert {len(g.keys) for g in big.groups} == {4}
+    alone = JobPlan.of(keys, (64, 64), settings.replace(group_size=1), planes_per_job=32)
+    assert len(alone.groups) == 24 and alone.trainings == [list(range(16)), list(range(16, 24))]
+
+
+def test_a_model_of_other_settings_or_version_is_refused(tmp_path, source, tiny):
+    from fm2s.engine import ModelError, StackModel
+
+    models = train_models(source, tmp_path, tiny)
+    with pytest.raises(ModelError, match="model trained with seed 0, not 1"):
+        denoise_chunk(source, tmp_path / "c.npz", settings=tiny, models=models, seed=1)
+    with pytest.raises(ModelError, match="model trained with settings"):
+        denoise_chunk(source, tmp_path / "c.npz", settings=tiny.replace(k_g=1.0), models=models)
+    model = StackModel.load(models[0])
+    import fm2s
+
+    original = fm2s.__version__
+    try:
+        fm2s.__version__ = "9.9.9"
+        with pytest.raises(ModelError, match=r"made by fm2s .*, this is fm2s 9\.9\.9"):
+            StackModel.load(models[0])
+    finally:
+        fm2s.__version__ = original
+    assert model.planes["0,0,0"]["network"] == "group-0"
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match="junk.npz: not an fm2s model file"):
+        StackModel.load(tmp_path / "junk.npz")
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_assemble_refuses_mismatched_chunks(tmp_path, source, tiny):
     first, rest = tmp_path / "a.npz", tmp_path / "b.npz"
-    denoise_chunk(source, first, settings=tiny, start=0, stop=2)
-    denoise_chunk(source, rest, settings=tiny, start=2, stop=None)
+    models = train_models(source, tmp_path, tiny)
+    denoise_chunk(source, first, settings=tiny, models=models, start=0, stop=2)
+    denoise_chunk(source, rest, settings=tiny, models=models, start=2, stop=None)
     out = tmp_path / "out.ome.zarr"
     with pytest.raises(StackError, match=r"missing t,c,z \['0,0,0', '0,0,1'\]"):
         assemble_chunks(source, [rest], out, settings=tiny)
@@ -173,21 +228,23 @@ def test_assemble_refuses_mismatched_chunks(tmp_path, source, tiny):
 
 
 def test_denoise_chunk_errors_name_the_input(tmp_path, source, tiny):
+    models = train_models(source, tmp_path, tiny)
     with pytest.raises(StackError, match=r"cells\.ome\.tif: planes 4:9 out of range.*6 planes"):
-        denoise_chunk(source, tmp_path / "c.npz", settings=tiny, start=4, stop=9)
+        denoise_chunk(source, tmp_path / "c.npz", settings=tiny, models=models, start=4, stop=9)
     with pytest.raises(FileNotFoundError, match="missing.tif"):
-        denoise_chunk(tmp_path / "missing.tif", tmp_path / "c.npz", settings=tiny)
+        denoise_chunk(tmp_path / "missing.tif", tmp_path / "c.npz", settings=tiny, models=models)
     assert not (tmp_path / "c.npz").exists()
 
 
 def test_reformat_rewrites_levels_and_version_without_denoising(tmp_path, source, tiny,
                                                                  monkeypatch):
     part = tmp_path / "all.npz"
-    denoise_chunk(source, part, settings=tiny)
+    denoise_chunk(source, part, settings=tiny, models=train_models(source, tmp_path, tiny))
     out = assemble_chunks(source, [part], tmp_path / "out.ome.zarr", settings=tiny)
     before = open_ome_zarr(out)[0][0].compute()
     assert reformat_store(out, levels=3, ngff_version="0.4") is False
-    monkeypatch.setattr(ENGINE, "iter_denoise_planes", None)  # nothing may denoise
+    monkeypatch.setattr(STACK_ENGINE, "apply_model", None)  # nothing may denoise
+    monkeypatch.setattr(STACK_ENGINE, "train_stack", None)
     assert reformat_store(out, levels=2, ngff_version="0.5", workflow={"config": {"x": 1}})
     levels, attrs = open_ome_zarr(out)
     assert attrs["version"] == "0.5" and len(levels) == 2
@@ -222,12 +279,14 @@ def test_cli_synth_and_denoise_chunk(tmp_path, tiny, capsys):
     assert main(["synth", str(demo), "--t", "1", "--c", "1", "--z", "2", "--size", "32"]) == 0
     assert main(["synth", str(demo)]) == 2
     assert "output exists" in capsys.readouterr().err
-    out = tmp_path / "c.npz"
+    out, model = tmp_path / "c.npz", tmp_path / "m.npz"
+    assert main(["train-groups", str(demo), str(model), "--groups", "0", "--settings-json",
+                 tiny.to_json(), "--device", "cpu"]) == 0
     args = ["denoise-chunk", str(demo), str(out), "--settings-json", tiny.to_json(),
-            "--device", "cpu"]
+            "--device", "cpu", "--models", str(model)]
     assert main([*args, "--planes", "1:2"]) == 0
     assert [k.label for k in read_chunk_index(out)["keys"]] == ["0,0,1"]
     assert main([*args, "--planes", "1-2"]) == 2
     assert "expected START:STOP or all" in capsys.readouterr().err
-    assert main([*args[:3], "--settings-json", '{"k_g": -1}']) == 2
+    assert main([*args[:3], "--settings-json", '{"k_g": -1}', "--models", str(model)]) == 2
     assert "--settings-json" in capsys.readouterr().err

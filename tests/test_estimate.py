@@ -302,7 +302,7 @@ def test_auto_recorded_in_provenance_and_independent_of_chunking(tmp_path):
     import tifffile
 
     from fm2s._provenance import format_provenance, provenance
-    from fm2s.chunks import assemble_chunks, denoise_chunk, synthetic_stack
+    from fm2s.chunks import assemble_chunks, denoise_chunk, plan_jobs, synthetic_stack, train_groups
     from fm2s.ome import open_ome_zarr
     from fm2s.pipeline import denoise_stack
 
@@ -324,8 +324,10 @@ def test_auto_recorded_in_provenance_and_independent_of_chunking(tmp_path):
     assert "noise:     channel 0" in format_provenance(direct)
 
     parts = [tmp_path / f"chunk-{i}.npz" for i in range(2)]
-    denoise_chunk(source, parts[0], settings=settings, start=0, stop=4, seed=7)
-    denoise_chunk(source, parts[1], settings=settings, start=4, stop=6, seed=7)
+    models = [train_groups(source, tmp_path / f"training-{i}.npz", settings=settings, groups=g,
+                           seed=7) for i, g in enumerate(plan_jobs(source, settings, 4).trainings)]
+    denoise_chunk(source, parts[0], settings=settings, models=models, start=0, stop=4, seed=7)
+    denoise_chunk(source, parts[1], settings=settings, models=models, start=4, stop=6, seed=7)
     out = assemble_chunks(source, parts, tmp_path / "chunked.ome.zarr", settings=settings,
                           seed=7)
     for a, b in zip(open_ome_zarr(out)[0], open_ome_zarr(direct)[0], strict=True):

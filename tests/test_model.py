@@ -51,22 +51,30 @@ def test_turn_average_is_the_mean_of_the_plane_and_its_half_turn():
     np.testing.assert_allclose(half_turned[::-1, ::-1], averaged, atol=1e-6)
 
 
+def _members(planes, settings, keys):
+    from fm2s.denoise import prepare_plane
+
+    return [prepare_plane(p, settings, k) for p, k in zip(planes, keys, strict=True)]
+
+
+def _train_apply(prepared, pack):
+    from fm2s.denoise import TrainingUnit, apply_network, plane_seed, train_networks
+
+    cpu = torch.device("cpu")
+    units = [TrainingUnit((p,), plane_seed(0, p.key)) for p in prepared]
+    networks = train_networks(units, cpu, pack=pack)
+    return [apply_network(n, p, plane_seed(0, p.key), cpu)
+            for n, p in zip(networks, prepared, strict=True)]
+
+
 def test_grouped_training_matches_training_alone(plane8):
-    """The CUDA path trains several planes in one grouped pass; each must get its own network."""
-    from fm2s.denoise import _denoise_group, intensity_range  # noqa: PLC2701
+    """The CUDA path trains several networks in one grouped pass; each must be its own."""
     from fm2s.settings import make_settings
 
     settings = make_settings(steps=4, crop_size=24, batch_size=2, precision="float32")
-    cpu = torch.device("cpu")
-
-    def member(plane, key):
-        scale = intensity_range(plane)
-        return plane, (plane / scale).astype(np.float32), scale, key, settings, None
-
     planes = [plane8, np.fliplr(plane8).copy()]
-    together = _denoise_group([member(p, k) for p, k in zip(planes, "ab", strict=True)],
-                              settings, 0, cpu)
-    alone = [_denoise_group([member(p, k)], settings, 0, cpu)[0]
+    together = _train_apply(_members(planes, settings, "ab"), pack=2)
+    alone = [_train_apply(_members([p], settings, k), pack=1)[0]
              for p, k in zip(planes, "ab", strict=True)]
     for joint, single in zip(together, alone, strict=True):
         assert joint.seed == single.seed
@@ -77,24 +85,17 @@ def test_grouped_training_matches_training_alone(plane8):
 def test_grouped_planes_of_different_boosts_match_training_alone(plane8):
     """12-bit planes in uint16 whose peaks sit in different powers of two train at different
     boosts; a group must split by boost and give each plane what it gets alone, blend included."""
-    from fm2s.denoise import _denoise_group, intensity_range, training_boost  # noqa: PLC2701
+    from fm2s.denoise import training_boost
     from fm2s.settings import make_settings
 
     settings = make_settings("auto", steps=4, crop_size=24, batch_size=2, precision="float32",
                              gain=4e-4, read_var=1e-7)
-    cpu = torch.device("cpu")
-
-    def member(plane, key):
-        scale = intensity_range(plane)
-        return plane, (plane / scale).astype(np.float32), scale, key, settings, None
-
     bright = plane8.astype(np.uint16) * 16  # peak about 4080 of 65535: boost 16
     planes = [bright, bright // 2, np.fliplr(bright).copy()]  # boosts 16, 32, 16
-    boosts = [training_boost(m[1], settings) for m in map(member, planes, "abc")]
-    assert boosts == [16.0, 32.0, 16.0]
-    together = _denoise_group([member(p, k) for p, k in zip(planes, "abc", strict=True)],
-                              settings, 0, cpu)
-    alone = [_denoise_group([member(p, k)], settings, 0, cpu)[0]
+    prepared = _members(planes, settings, "abc")
+    assert [training_boost(p.noisy, settings) for p in prepared] == [16.0, 32.0, 16.0]
+    together = _train_apply(prepared, pack=3)
+    alone = [_train_apply(_members([p], settings, k), pack=1)[0]
              for p, k in zip(planes, "abc", strict=True)]
     for joint, single in zip(together, alone, strict=True):
         assert joint.seed == single.seed and joint.key == single.key

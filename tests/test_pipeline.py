@@ -18,7 +18,7 @@ from fm2s.pipeline import denoise_stack
 from fm2s.settings import make_settings
 from fm2s.stacks import StackError, open_stack
 
-ENGINE = importlib.import_module("fm2s.denoise")  # the package re-exports a function of that name
+STACK_ENGINE = importlib.import_module("fm2s.engine")
 RNG = np.random.default_rng(2)
 NOISY = RNG.poisson(200.0, size=(1, 2, 2, 32, 32)).astype(np.uint16)
 
@@ -50,33 +50,45 @@ def test_denoise_stack_end_to_end(tmp_path, tiny):
     assert [d.shape for d in node.data] == [(1, 2, 2, 32, 32), (1, 2, 2, 16, 16), (1, 2, 2, 8, 8)]
     assert node.data[0].dtype == np.uint16 and node.metadata["channel_names"] == ["a", "b"]
     assert node.metadata["coordinateTransformations"][0][0]["scale"] == [1, 1, 1, 0.2, 0.2]
-    # a plane's result depends on the base seed and its (t, c, z) only
-    expected = denoise_planes([NOISY[0, 1, 1]], tiny, seed=3, keys=[(0, 1, 1)], device="cpu")
-    np.testing.assert_array_equal(node.data[0][0, 1, 1].compute(), expected[0])
-
+    # each channel's two planes share a network, trained from the base seed and the group
     record = provenance(out)
+    assert {name: entry["planes"] for name, entry in record["networks"].items()} == {
+        "group-0": ["0,0,0", "0,0,1"], "group-1": ["0,1,0", "0,1,1"]}
+    assert record["data_range"] is None
+    # per plane: bitwise the paper's network per plane, from the base seed and (t, c, z)
+    alone = denoise_stack(source, tmp_path / "alone.ome.zarr", settings=tiny.replace(group_size=1),
+                          seed=3, device="cpu", progress=False)
+    expected = denoise_planes([NOISY[0, 1, 1]], tiny.replace(group_size=1), seed=3,
+                              keys=[(0, 1, 1)], device="cpu")
+    np.testing.assert_array_equal(open_ome_zarr(alone)[0][0][0, 1, 1].compute(), expected[0])
+    assert sorted(provenance(alone)["networks"]) == [
+        "plane-0,0,0", "plane-0,0,1", "plane-0,1,0", "plane-0,1,1"]
+
     assert record["settings"] == tiny.to_dict() and record["settings_digest"] == tiny.digest()
     assert record["seed"] == 3 and "(t, c, z)" in record["seed_derivation"]
     assert set(record["plane_seconds"]) == {"0,0,0", "0,0,1", "0,1,0", "0,1,1"}
     assert record["input"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
-    pixels = hashlib.sha256(b"".join(NOISY[0, c, z].tobytes() for c in (0, 1) for z in (0, 1)))
+    pixels = hashlib.sha256(b"".join(hashlib.sha256(NOISY[0, c, z].tobytes()).digest()
+                                     for c in (0, 1) for z in (0, 1)))
     assert record["input"]["pixels_sha256"] == pixels.hexdigest()
     assert record["input"]["axes"] == "CZYX" and record["input"]["shape"] == [2, 2, 32, 32]
     assert record["output"]["shape"] == [1, 2, 2, 32, 32] and record["output"]["dtype"] == "uint16"
     assert record["device"] == "cpu" and record["started"] <= record["finished"]
 
 
-def fake_engine(planes, settings, *, keys, **kwargs):
-    """Stands in for the engine: yields each plane back as soon as it arrives."""
-    for plane, key in zip(planes, keys, strict=True):
-        yield PlaneResult(np.array(plane), 0.0, 0, key, 1.0)
+def fake_engine(stack, settings, *, on_plane, **kwargs):
+    """Stands in for the engine: yields each plane back as soon as it is read."""
+    for key in stack.plane_keys():
+        plane = stack.read_plane(key)
+        on_plane(key, plane)
+        yield key, PlaneResult(np.array(plane), 0.0, 0, key, 1.0)
 
 
 def test_memory_stays_at_a_few_planes(tmp_path, monkeypatch, tiny):
     stack = RNG.integers(0, 4000, size=(128, 256, 256), dtype=np.uint16)  # 16 MiB
     source = tmp_path / "big.tif"
     tifffile.imwrite(source, stack, imagej=True, metadata={"axes": "ZYX"})
-    monkeypatch.setattr(ENGINE, "iter_denoise_planes", fake_engine)
+    monkeypatch.setattr(STACK_ENGINE, "denoise_stack_planes", fake_engine)
     tracemalloc.start()
     try:
         out = denoise_stack(
@@ -121,7 +133,7 @@ def test_output_checks_come_before_any_denoising(tmp_path, tiny, monkeypatch):
     def no_engine(*args, **kwargs):
         raise AssertionError("denoising started")
 
-    monkeypatch.setattr(ENGINE, "iter_denoise_planes", no_engine)
+    monkeypatch.setattr(STACK_ENGINE, "denoise_stack_planes", no_engine)
     source = write_source(tmp_path / "in.ome.tif")
     existing = tmp_path / "exists.ome.zarr"
     existing.mkdir()

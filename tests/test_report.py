@@ -27,7 +27,8 @@ from fm2s.synthetic import clean_plane, noisy_plane
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"steps": 2, "crop_size": 16, "batch_size": 1}
 CHROMIUM = Path("/usr/bin/chromium")
-STACK_SECTIONS = ["Images", "Noise level", "Denoise time", "Settings and provenance"]
+STACK_SECTIONS = ["Images", "Noise level", "Denoise time", "Networks",
+                  "Settings and provenance"]
 
 
 class Page(HTMLParser):
@@ -121,8 +122,11 @@ def test_demo_page_has_every_section_and_only_embedded_pngs(demo_run):
     assert len(page.images) == 2 + 2  # a figure per channel, noise, time
     for expected in ("skimage.restoration.estimate_sigma", "max over z (4 planes)",
                      "profile", "24 planes on cpu", "settings_digest", "demo.ome.tif",
-                     "Denoise jobs", "chunk-0", "workflow config"):
+                     "Training and denoise jobs", "chunk-0", "training-0", "workflow config",
+                     "group-0", "network(s) denoised 24 planes"):
         assert expected in _png_free(text), expected
+    # per-plane records stay in the store: the page summarises them
+    assert "estimate.planes" not in text and "0,1,3" not in _png_free(text)
     assert page_path.stat().st_size < 1_000_000
 
 

@@ -7,13 +7,13 @@ from fm2s.noise import median_target, region_means
 from fm2s.settings import make_settings
 
 
-def plane_data(plane8: np.ndarray, seed: int, settings) -> train.PlaneData:
+def plane_data(plane8: np.ndarray, seed: int, settings) -> train.TrainingSet:
     noisy = plane8.astype(np.float32) / 255
     target = median_target(noisy, settings.median_size)
     means = region_means(target, settings.region_size, settings.mean_clamp)
-    return train.PlaneData(*(torch.from_numpy(a) for a in (noisy, target, means)),
-                           torch.Generator().manual_seed(seed),
-                           torch.Generator().manual_seed(seed + 1))
+    return train.TrainingSet(*([torch.from_numpy(a)] for a in (noisy, target, means)),
+                             torch.Generator().manual_seed(seed),
+                             torch.Generator().manual_seed(seed + 1))
 
 
 def test_prefetched_samples_are_the_samples_drawn_in_turn(plane8, tiny_settings):
@@ -38,9 +38,28 @@ def test_training_restores_the_thread_count(plane8, tiny_settings):
         assert torch.get_num_threads() == 2
         broken = make_settings("confocal", "fast", steps=4, crop_size=24, batch_size=2)
         planes = [plane_data(plane8, 3, broken)]
-        planes[0].means = planes[0].means[:5]  # a crop of it no longer fits: fails mid-training
+        planes[0].means = [planes[0].means[0][:5]]  # a crop no longer fits: fails mid-training
         with pytest.raises(RuntimeError):
             train.fit(planes, broken, torch.device("cpu"))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_shared_network_draws_crops_from_all_its_planes(plane8, tiny_settings):
+    """Several planes in one training set: each crop first draws its plane; one plane draws
+    exactly what a network of its own draws."""
+    settings = make_settings("confocal", "fast", steps=3, crop_size=16, batch_size=64)
+    one = plane_data(plane8, 5, settings)
+    alone = [t for t, _ in (train._draw_batch(one, settings, (16, 16)) for _ in range(3))]
+    again = plane_data(plane8, 5, settings)
+    assert all(torch.equal(a, train._draw_batch(again, settings, (16, 16))[0]) for a in alone)
+    dark = plane_data((plane8 // 4).astype(np.uint8), 5, settings)
+    both = plane_data(plane8, 5, settings)
+    both.noisy, both.target, both.means = (one.noisy + dark.noisy, one.target + dark.target,
+                                           one.means + dark.means)
+    targets, _ = train._draw_batch(both, settings, (16, 16))
+    means = targets.mean(dim=(1, 2, 3))
+    bright_mean, dark_mean = float(one.target[0].mean()), float(dark.target[0].mean())
+    split = (bright_mean + dark_mean) / 2
+    assert (means > split).any() and (means < split).any()  # crops of both planes

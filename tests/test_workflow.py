@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -25,11 +26,9 @@ import yaml  # noqa: E402  (a dependency of snakemake)
 
 from fm2s._provenance import provenance  # noqa: E402
 from fm2s.chunks import synthetic_stack  # noqa: E402
-from fm2s.denoise import denoise_planes  # noqa: E402
-from fm2s.estimate import ChannelReferences  # noqa: E402
 from fm2s.ome import open_ome_zarr, write_ome_zarr  # noqa: E402
+from fm2s.pipeline import denoise_stack  # noqa: E402
 from fm2s.settings import make_settings  # noqa: E402
-from fm2s.stacks import open_stack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"steps": 2, "crop_size": 16, "batch_size": 1}
@@ -78,20 +77,16 @@ def write_inputs(folder):
 
 
 def engine_result(path, seed=3):
-    """The engine called directly on a stack's planes, keyed (t, c, z) as the workflow does,
-    with the default (``auto``) settings' per-channel noise references."""
+    """What ``fm2s denoise STACK OUT.ome.zarr`` makes of a stack (fm2s.pipeline.denoise_stack:
+    the stack engine, shared networks and all), with the jobs' one thread (denoise.threads)."""
     threads = torch.get_num_threads()
-    with open_stack(path) as stack:
-        keys = stack.plane_keys()
-        planes = [stack.read_plane(k) for k in keys]
-        try:  # the jobs run with one thread (denoise.threads)
-            out = denoise_planes(planes, make_settings(**TINY), seed=seed,
-                                 keys=[tuple(k) for k in keys], device="cpu", threads=1,
-                                 noise_reference=ChannelReferences(stack))
-        finally:
-            torch.set_num_threads(threads)
-        shape = stack.metadata.shape
-    return np.stack(out).reshape(shape)
+    out = Path(tempfile.mkdtemp()) / "direct.ome.zarr"
+    try:
+        denoise_stack(path, out, settings=make_settings(**TINY), seed=seed, device="cpu",
+                      threads=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return open_ome_zarr(out)[0][0].compute()
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +131,8 @@ def test_outputs_equal_the_engine_with_metadata_and_provenance(main_run):
     # chunk results are temporary; logs and benchmarks are kept per job
     assert not list((workdir / "results/.fm2s/chunks").rglob("*.npz"))
     assert len(list((workdir / "results/logs/denoise_chunk").rglob("*.log"))) == 2 + 3
+    assert len(list((workdir / "results/logs/train_groups").rglob("*.log"))) >= 2
+    assert list((workdir / "results/.fm2s/models").rglob("*.npz"))  # models are kept
     assert (workdir / "results/benchmarks/assemble_ome_zarr/tissue.tsv").is_file()
 
 
@@ -144,10 +141,13 @@ def test_rerun_does_nothing_and_settings_change_reruns_denoising(main_run):
     assert planned(workdir, cfg) == {}
     changed = config(inputs=cfg["inputs"], denoise={"overrides": {**TINY, "k_g": 150.0}})
     assert planned(workdir, changed) == {
-        "denoise_chunk": 5, "assemble_ome_zarr": 2, "reformat_ome_zarr": 2, "qc_report": 1,
-        "all": 1,
+        "train_groups": 2, "denoise_chunk": 5, "assemble_ome_zarr": 2, "reformat_ome_zarr": 2,
+        "qc_report": 1, "all": 1,
     }  # fmt: skip
     assert planned(workdir, config(inputs=cfg["inputs"], denoise={"seed": 4}))["denoise_chunk"] == 5
+    # planes_per_job splits the inference only: no network is trained again
+    assert "train_groups" not in planned(workdir, config(inputs=cfg["inputs"],
+                                                         denoise={"planes_per_job": 3}))
 
 
 def test_output_options_only_rewrite_the_stores(main_run):
@@ -192,6 +192,7 @@ def test_acquisition_folder_new_file_alone_quiet_period_and_vanished_input(tmp_p
     assert re.search(r"day3.tif is modified \d+ s ago \(quiet period 60 s\): left for the next "
                      r"run", output)
     assert re.findall(r"rule (\w+):\n.*\n +output: results/([\w./-]+)", output) == [
+        ("train_groups", ".fm2s/models/day2/training-0.npz"),
         ("denoise_chunk", ".fm2s/chunks/day2/chunk-0.npz"),
         ("assemble_ome_zarr", "day2.denoised.ome.zarr"),
         ("reformat_ome_zarr", ".fm2s/format/day2.json"),
@@ -210,16 +211,17 @@ def test_bad_inputs_fail_their_own_jobs_and_others_complete(tmp_path):
     assert code != 0
     assert (tmp_path / "results/good.denoised.ome.zarr").is_dir()
     assert not (tmp_path / "results/broken.denoised.ome.zarr").exists()
-    logs = tmp_path / "results/logs/denoise_chunk"
+    logs = tmp_path / "results/logs/train_groups"
     assert "fm2s: error: broken.tif: TIFF file holds no image series" in (
-        logs / "broken/chunk-0.log").read_text()
+        logs / "broken/training-0.log").read_text()
     assert "fm2s: error: missing.ome.tif: no such file or folder" in (
-        logs / "missing/chunk-0.log").read_text()
-    assert "missing.ome.tif: no such file or folder; its denoise job will fail" in output
+        logs / "missing/training-0.log").read_text()
+    assert "missing.ome.tif: no such file or folder; its training job will fail" in output
     (tmp_path / "good.tif").unlink()  # a listed input that disappears keeps its output
     output = run(tmp_path, "-n", config=config(inputs=["good.tif"]))
     assert "good.tif no longer exists; keeping results/good.denoised.ome.zarr" in output
     assert "rule denoise_chunk" not in output and "rule assemble_ome_zarr" not in output
+    assert "rule train_groups" not in output
 
 
 @pytest.mark.parametrize(
@@ -244,8 +246,8 @@ def test_lint_demo_and_settings_folder(tmp_path):
     # the shipped config (no inputs): the synthetic demo, 24 planes in 2 jobs
     default = yaml.safe_load((REPO / "config/config.yaml").read_text())
     assert planned(tmp_path, default) == {
-        "synth_demo": 1, "denoise_chunk": 2, "assemble_ome_zarr": 1, "reformat_ome_zarr": 1,
-        "qc_report": 1, "all": 1,
+        "synth_demo": 1, "train_groups": 2, "denoise_chunk": 2, "assemble_ome_zarr": 1,
+        "reformat_ome_zarr": 1, "qc_report": 1, "all": 1,
     }  # fmt: skip
     settings = make_settings(**default["demo"]["overrides"])
     output = run(tmp_path, "-n", config={**default, "output": {"by_settings": True}})
@@ -258,8 +260,9 @@ def test_slurm_profile_dry_run_asks_gpus_for_denoise_jobs(tmp_path):
     # typed in the repository root, as documented: `snakemake --profile slurm` finds ./slurm
     output = run(tmp_path, "--profile", "slurm", "-n", config=cfg, cwd=REPO)
     assert "Using profile slurm" in output and "Group job denoise" in output
-    jobs = [block for block in output.split("rule ")[1:] if block.startswith("denoise_chunk:")]
-    assert len(jobs) == 2
+    jobs = [block for block in output.split("rule ")[1:]
+            if block.startswith(("denoise_chunk:", "train_groups:"))]
+    assert len(jobs) == 1 + 2  # one training job (two groups of 4 planes), two chunks
     for block in jobs:
         resources = re.search(r"resources: (.*)", block)[1]
         assert "gpu=1" in resources and "slurm_partition=gpu" in resources

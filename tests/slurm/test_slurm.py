@@ -41,8 +41,11 @@ DENOISE = {"mem_mb": 700, "runtime": 7}
 OUTPUT = {"mem_mb": 600, "runtime": 5}
 PLANES, PLANES_PER_JOB, GROUP_SIZE = 12 + 8, 2, 8  # GROUP_SIZE: group-components in the profile
 CHUNKS = 12 // PLANES_PER_JOB + 8 // PLANES_PER_JOB
-# The plugin's --comment for a submission of the profile's group "denoise" of denoise_chunk jobs.
+# The plugin's --comment for a submission of the profile's group "denoise" of denoise_chunk jobs,
+# and of its group "train" of train_groups jobs.
 GROUP_COMMENT = "rule_denoise_denoise_chunk"
+TRAIN_COMMENT = "rule_train_train_groups"
+GPU_RULES = ("train_groups", "denoise_chunk")
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +181,8 @@ def by_rule(rows) -> dict[str, list[dict]]:
         comment = row["Comment"]
         match = re.fullmatch(r"rule_(\w+?)(?:_wildcards_.*)?", comment)
         assert match, f"job {row['JobID']} has no rule in its comment: {comment!r}"
-        rule = "denoise_chunk" if comment == GROUP_COMMENT else match[1]
+        rule = {GROUP_COMMENT: "denoise_chunk", TRAIN_COMMENT: "train_groups"}.get(comment,
+                                                                                   match[1])
         rules.setdefault(rule, []).append(row)
     return rules
 
@@ -186,7 +190,8 @@ def by_rule(rows) -> dict[str, list[dict]]:
 def test_every_job_went_through_sbatch(slurm_run):
     workdir, output, rows = slurm_run
     rules = by_rule(rows)
-    assert {"denoise_chunk", "assemble_ome_zarr", "reformat_ome_zarr"} <= set(rules), rules
+    assert {"train_groups", "denoise_chunk", "assemble_ome_zarr", "reformat_ome_zarr"} <= set(
+        rules), rules
     assert all(row["State"] == "COMPLETED" for row in rows), rows
     assert all(row["JobName"] == run_id(output) for row in rows)
     # One SLURM job per submission that Snakemake reported, and nothing ran locally but `all`.
@@ -202,7 +207,7 @@ def test_denoise_jobs_got_the_gpu_and_others_did_not(slurm_run):
     for rule, jobs in rules.items():
         for job in jobs:
             has_gpu = "gres/gpu=1" in job["AllocTRES"]
-            assert has_gpu == (rule == "denoise_chunk"), (rule, job)
+            assert has_gpu == (rule in GPU_RULES), (rule, job)
     # What each denoise job saw: recorded in the store's provenance by the chunk jobs.
     denoise_ids = {job["JobID"] for job in rules["denoise_chunk"]}
     for name in ("cells", "tissue"):
@@ -212,6 +217,8 @@ def test_denoise_jobs_got_the_gpu_and_others_did_not(slurm_run):
         assert set(record["slurm_jobs"]) <= denoise_ids, (record, denoise_ids)
     logs = sorted((workdir / "results" / "logs" / "denoise_chunk").rglob("*.log"))
     assert len(logs) == CHUNKS
+    logs += sorted((workdir / "results" / "logs" / "train_groups").rglob("*.log"))
+    assert len(logs) == CHUNKS + 2  # a training job per input (two groups of <= 16 planes)
     for log in logs:
         assert re.search(r"SLURM job \d+, CUDA_VISIBLE_DEVICES=0\)", log.read_text()), log
 

@@ -1,5 +1,6 @@
-# Shared by every rule: config validation, the inputs and their chunks, paths, and the values
-# that reach rules as params. The per-chunk work itself is in fm2s.chunks.
+# Shared by every rule: config validation, the inputs, their groups (one training job each) and
+# chunks (one denoise job each), paths, and the values that reach rules as params. The jobs'
+# work itself, and how a stack is split (fm2s.chunks.plan_jobs), are in fm2s.
 
 import functools
 import os.path
@@ -17,9 +18,9 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 
 import fm2s  # noqa: E402
-from fm2s.chunks import chunk_ranges, input_stamp, scan_folder, stack_name  # noqa: E402
+from fm2s.chunks import JobPlan, input_stamp, plan_jobs, scan_folder, stack_name  # noqa: E402
 from fm2s.settings import make_settings  # noqa: E402
-from fm2s.stacks import StackError, list_planes  # noqa: E402
+from fm2s.stacks import StackError  # noqa: E402
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -83,7 +84,11 @@ try:
     SETTINGS = make_settings(
         DENOISE["preset"],
         DENOISE["recipe"],
-        **{**DENOISE["overrides"], **(DEMO["overrides"] if DEMO_NAME else {})},
+        **{
+            **DENOISE["overrides"],
+            **(DEMO["overrides"] if DEMO_NAME else {}),
+            **({"group_size": 1} if DENOISE["per_plane"] else {}),
+        },
     )
 except ValueError as error:
     keys = "denoise.preset, recipe or overrides" + (" (or demo.overrides)" if DEMO_NAME else "")
@@ -113,6 +118,7 @@ OUT = os.path.join(OUTPUT["root"], settings_folder() if OUTPUT["by_settings"] el
 OUT = os.path.normpath(OUT)
 STORE = f"{OUT}/{{name}}.denoised.ome.zarr"
 CHUNK = f"{OUT}/.fm2s/chunks/{{name}}/chunk-{{chunk}}.npz"
+MODEL = f"{OUT}/.fm2s/models/{{name}}/training-{{training}}.npz"
 FORMAT = f"{OUT}/.fm2s/format/{{name}}.json"
 REPORT = f"{OUT}/qc/report.html"
 
@@ -143,6 +149,7 @@ wildcard_constraints:
     # a relative path whose parts do not start with "."
     name=r"[^./][^/]*(/[^./][^/]*)*",
     chunk=r"\d+",
+    training=r"\d+",
 
 
 # --- input functions -----------------------------------------------------------------------------
@@ -161,38 +168,60 @@ def source_input(wildcards):
 
 
 @functools.cache
-def plane_count(name):
-    """Planes of an input, from its headers; None when they cannot be read (logged)."""
+def job_plan(name):
+    """Groups, training jobs and chunks of an input (fm2s.chunks.JobPlan), from its headers.
+    An input whose headers cannot be read gets one training job, which fails with the
+    reader's error (logged here), while the other inputs go on."""
     if name == DEMO_NAME:
-        return DEMO["t"] * DEMO["c"] * DEMO["z"]
+        keys = [(t, c, z) for t in range(DEMO["t"]) for c in range(DEMO["c"])
+                for z in range(DEMO["z"])]
+        return JobPlan.of(keys, (DEMO["size"], DEMO["size"]), SETTINGS, PLANES_PER_JOB)
     try:
-        planes = list_planes(INPUTS[name], series=READING["series"], pages_as=READING["pages_as"])
+        return plan_jobs(INPUTS[name], SETTINGS, PLANES_PER_JOB, series=READING["series"],
+                         pages_as=READING["pages_as"])
     except StackError as error:
-        logger.warning(f"fm2s: {error}; its denoise job will fail with this error")
-        return None
-    return len(planes)
-
-
-@functools.cache
-def chunk_ranges_of(name):
-    """``[start, stop)`` plane range of each chunk of an input (one chunk of all planes for an
-    input whose headers cannot be read)."""
-    count = plane_count(name)
-    return [None] if count is None else chunk_ranges(count, PLANES_PER_JOB)
+        logger.warning(f"fm2s: {error}; its training job will fail with this error")
+        return JobPlan.unreadable()
 
 
 def chunk_ids(name):
-    return list(range(len(chunk_ranges_of(name))))
+    return list(range(len(job_plan(name).chunks)))
+
+
+def training_ids(name):
+    return list(range(len(job_plan(name).trainings)))
 
 
 def chunk_planes(wildcards):
     """``start:stop`` of a chunk (``all`` for an input whose headers cannot be read)."""
-    planes = chunk_ranges_of(wildcards.name)[int(wildcards.chunk)]
-    return "all" if planes is None else "{}:{}".format(*planes)
+    plan = job_plan(wildcards.name)
+    if not plan.readable:
+        return "all"
+    return "{}:{}".format(*plan.chunks[int(wildcards.chunk)])
 
 
 def chunk_files(wildcards):
     return expand(CHUNK, name=wildcards.name, chunk=chunk_ids(wildcards.name))
+
+
+def chunk_models(wildcards):
+    """The model files of the training jobs whose planes a chunk holds."""
+    jobs = job_plan(wildcards.name).chunk_trainings[int(wildcards.chunk)]
+    return expand(MODEL, name=wildcards.name, training=jobs)
+
+
+def training_groups(wildcards):
+    """The groups of a training job."""
+    return [str(g) for g in job_plan(wildcards.name).trainings[int(wildcards.training)]]
+
+
+def training_planes(wildcards):
+    """The ``t,c,z`` of a training job's planes, by group: a change of grouping retrains."""
+    plan = job_plan(wildcards.name)
+    if not plan.readable:
+        return ["unreadable"]
+    return [" ".join(key.label for key in plan.groups[g].keys)
+            for g in plan.trainings[int(wildcards.training)]]
 
 
 @functools.cache

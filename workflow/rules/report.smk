@@ -25,6 +25,10 @@ rule qc_report:
         zoom=QC["zoom"],
         job_benchmarks={
             name: [
+                benchmark_path("train_groups", f"{name}/training-{job}")
+                for job in training_ids(name)
+            ]
+            + [
                 benchmark_path("denoise_chunk", f"{name}/chunk-{chunk}")
                 for chunk in chunk_ids(name)
             ]

@@ -11,6 +11,7 @@ from fm2s.cli import main  # noqa: E402
 job, p = snakemake, snakemake.params  # noqa: F821
 sys.exit(main([
     "denoise-chunk", p.source, job.output[0], "--planes", p.planes,
+    "--models", *job.input.models,
     "--settings-json", p.settings, *p.options,
     "--device", job.config["denoise"]["device"], "--gpus", str(job.resources.gpu),
     "--threads", str(job.threads),

@@ -1,0 +1,556 @@
+"""The stack engine: train the networks of a stack, then apply them to its planes.
+
+One function trains (:func:`train_stack`) and one applies (:func:`apply_model`); the CLI
+(``fm2s denoise``, ``fm2s train``), :func:`fm2s.pipeline.denoise_stack` and every workflow
+rule go through them, so a stack gives the same pixels whichever way it is run.
+
+Groups
+------
+The planes of one channel, in ``(t, z)`` order, are cut into groups of
+``Settings.group_size`` consecutive planes (:func:`plan_groups`), from the stack's plane
+indices alone, never from how planes are split into jobs. Within a group, the planes whose
+noise estimate agrees with their channel's reference (the per-plane check of ``auto``,
+:func:`fm2s.estimate.consistent`; every plane for the hand-set presets) train one shared
+network on crops drawn from all of them; a plane that disagrees trains a network of its own,
+as does a group of one plane, bitwise as the paper's network per plane
+(:func:`fm2s.denoise.iter_denoise_planes` with ``(t, c, z)`` keys). ``group_size=1`` is per-
+plane training throughout. Constant planes are their own result.
+
+Seeds: a plane's own network and its blend use ``plane_seed(seed, (t, c, z))``; a shared
+network uses ``plane_seed(seed, ("group", index))``.
+
+Model files
+-----------
+:class:`StackModel` holds the networks of some or all groups of a stack, with their settings,
+seeds, weight digests and the planes they were trained on, and which network denoises each
+plane. :meth:`StackModel.save` writes one ``.npz`` (JSON header and float32 weights, no
+pickle); :meth:`StackModel.load` refuses a file of another fm2s version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .denoise import (
+    CUDA_GROUP_SIZE,
+    LowRangeWarning,
+    Network,
+    PlaneResult,
+    PreparedPlane,
+    TrainingUnit,
+    apply_network,
+    constant_result,
+    plane_seed,
+    prepare_plane,
+    train_networks,
+)
+from .model import FM2SNet
+from .settings import Settings
+from .stacks import PlaneKey, StackError
+
+__all__ = ["GROUP_PIXELS", "MODEL_FORMAT", "Group", "ModelError", "StackModel", "apply_model",
+           "denoise_stack_planes", "group_seed", "plan_groups", "plane_sha256", "train_stack"]
+
+log = logging.getLogger(__name__)
+
+#: Most pixels of one group: a group's planes are in memory while its network trains, so a
+#: stack of large planes makes smaller groups (64 planes of 512 x 512, 4 of 2048 x 2048).
+GROUP_PIXELS = 1 << 24
+MODEL_FORMAT = "fm2s-model/1"
+
+
+class ModelError(StackError):
+    """A model file that cannot be used: unreadable, another version, other settings."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """Consecutive planes of one channel that may share a network."""
+
+    index: int  # position in plan_groups' list
+    channel: int
+    keys: tuple[PlaneKey, ...]
+
+    @property
+    def label(self) -> str:
+        return f"group {self.index} (c={self.channel}, {len(self.keys)} planes)"
+
+
+def plan_groups(keys: Sequence[tuple[int, int, int]], settings: Settings,
+                plane_shape: tuple[int, int]) -> list[Group]:
+    """Cut a stack's planes into groups: per channel, runs of consecutive ``(t, z)`` planes.
+
+    Parameters
+    ----------
+    keys : sequence of (t, c, z)
+        Every plane of the stack.
+    settings : Settings
+        ``group_size`` planes per group, fewer where the planes are so large that a group
+        would exceed :data:`GROUP_PIXELS`.
+    plane_shape : (int, int)
+        ``(y, x)`` of the stack's planes.
+
+    Returns
+    -------
+    list of Group
+        Channel by channel, in plane order; every key in exactly one group.
+    """
+    size = max(1, min(settings.group_size, GROUP_PIXELS // max(1, plane_shape[0] * plane_shape[1])))
+    by_channel: dict[int, list[PlaneKey]] = {}
+    for key in sorted(PlaneKey(*map(int, k)) for k in keys):
+        by_channel.setdefault(key.c, []).append(key)
+    groups: list[Group] = []
+    for channel in sorted(by_channel):
+        members = sorted(by_channel[channel], key=lambda k: (k.t, k.z))
+        for start in range(0, len(members), size):
+            groups.append(Group(len(groups), channel, tuple(members[start:start + size])))
+    return groups
+
+
+def group_seed(seed: int, group: Group) -> int:
+    """Seed of a group's shared network."""
+    return plane_seed(seed, ("group", group.index))
+
+
+def plane_sha256(plane: np.ndarray) -> str:
+    """SHA-256 of a raw plane's bytes (identifies the plane a network was trained on)."""
+    return hashlib.sha256(np.ascontiguousarray(plane).tobytes()).hexdigest()
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+@dataclass
+class StackModel:
+    """Trained networks of (some groups of) a stack, and which network denoises which plane.
+
+    Attributes
+    ----------
+    settings : Settings
+        The settings as given (``auto`` unresolved); each network keeps its resolved ones.
+    seed : int
+        Base seed.
+    data_range : float or None
+        Intensity mapped to 1.0 (None: from the dtype).
+    source : str
+        The stack trained on.
+    networks : dict of str to Network
+        ``"group-<g>"`` (shared) or ``"plane-<t,c,z>"`` (a plane's own).
+    network_info : dict of str to dict
+        Per network: ``group``, ``channel``, ``shared``, ``samples``, ``digest`` (SHA-256 of its
+        weights) and ``estimate`` (``auto``: the noise estimate its settings come from).
+    planes : dict of str to dict
+        Per plane ``"t,c,z"``: ``network`` (id, or None for a constant plane), ``group``,
+        ``input_sha256`` and ``info`` (``auto``: estimate, source, resolved settings).
+    references : dict
+        ``auto``: the channels' reference estimates (ChannelReferences.record()).
+    """
+
+    settings: Settings
+    seed: int
+    data_range: float | None
+    source: str
+    networks: dict[str, Network] = field(default_factory=dict)
+    network_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    planes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    references: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, settings: Settings, seed: int, data_range: float | None, what: str) -> None:
+        """Raise ModelError unless the model was trained with these settings, seed and range."""
+        for name, mine, theirs in (("settings", self.settings.digest(), settings.digest()),
+                                   ("seed", self.seed, int(seed)),
+                                   ("data_range", self.data_range, data_range)):
+            if mine != theirs:
+                shown = (self.settings.to_json(), settings.to_json()) if name == "settings" \
+                    else (mine, theirs)
+                msg = (f"{what}: model trained with {name} {shown[0]}, not {shown[1]}; train it "
+                       "again with these, or denoise with the model's")
+                raise ModelError(msg)
+
+    def merge(self, other: StackModel, what: str) -> None:
+        """Add the networks and planes of another model of the same settings (a group file)."""
+        other.check(self.settings, self.seed, self.data_range, what)
+        self.networks.update(other.networks)
+        self.network_info.update(other.network_info)
+        self.planes.update(other.planes)
+        self.references.update(other.references)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model as one ``.npz`` under a temporary name, then rename it."""
+        from . import __version__
+
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        networks = []
+        for name, network in sorted(self.networks.items()):
+            for param, value in network.model.state_dict().items():
+                arrays[f"{name}/{param}"] = value.detach().cpu().numpy()
+            networks.append({
+                "id": name, "seed": network.seed, "boost": network.boost,
+                "settings": network.settings.to_dict(),
+                "trained_on": [PlaneKey(*k).label for k in network.trained_on],
+                "seconds": round(network.seconds, 4), **self.network_info[name],
+            })
+        header = {
+            "format": MODEL_FORMAT, "fm2s_version": __version__,
+            "settings": self.settings.to_dict(), "settings_digest": self.settings.digest(),
+            "seed": self.seed, "data_range": self.data_range, "source": self.source,
+            "networks": networks, "planes": dict(sorted(self.planes.items())),
+            "references": self.references,
+        }
+        arrays["header"] = np.asarray(json.dumps(header, allow_nan=False))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> StackModel:
+        """Read a model file; ModelError if it is not one, or of another fm2s version."""
+        from . import __version__
+
+        path = Path(path)
+        if not path.is_file():
+            msg = f"{path}: no such model file"
+            raise ModelError(msg)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(str(data["header"]))
+                weights = {name: data[name] for name in data.files if name != "header"}
+        except Exception as exc:  # zipfile, KeyError, JSON: all mean "not a model file"
+            msg = f"{path}: not an fm2s model file ({type(exc).__name__}: {exc})"
+            raise ModelError(msg) from exc
+        if header.get("format") != MODEL_FORMAT:
+            msg = f"{path}: not an fm2s model file (format {header.get('format')!r})"
+            raise ModelError(msg)
+        if header.get("fm2s_version") != __version__:
+            msg = (f"{path}: model made by fm2s {header.get('fm2s_version')}, this is fm2s "
+                   f"{__version__}; train it again (fm2s train)")
+            raise ModelError(msg)
+        model = cls(Settings.from_dict(header["settings"]), int(header["seed"]),
+                    header["data_range"], header["source"], planes=header["planes"],
+                    references=header.get("references") or {})
+        for entry in header["networks"]:
+            settings = Settings.from_dict(entry["settings"])
+            net = FM2SNet(settings.channels, settings.kernel_size)
+            prefix = f"{entry['id']}/"
+            net.load_state_dict({name[len(prefix):]: torch.from_numpy(value)
+                                 for name, value in weights.items() if name.startswith(prefix)})
+            if network_digest(net) != entry["digest"]:
+                msg = f"{path}: network {entry['id']} does not match its digest (corrupt file)"
+                raise ModelError(msg)
+            trained_on = tuple(PlaneKey.from_label(label) for label in entry["trained_on"])
+            model.networks[entry["id"]] = Network(net, int(entry["seed"]), settings,
+                                                  float(entry["boost"]), trained_on,
+                                                  float(entry.get("seconds", 0.0)))
+            model.network_info[entry["id"]] = {
+                k: entry[k] for k in ("group", "channel", "shared", "samples", "digest",
+                                      "estimate") if k in entry}
+        return model
+
+    @classmethod
+    def load_all(cls, paths: Iterable[str | os.PathLike]) -> StackModel:
+        """One model from several files of the same settings (the workflow's group files)."""
+        paths = list(paths)
+        if not paths:
+            msg = "no model files given"
+            raise ModelError(msg)
+        model = cls.load(paths[0])
+        for path in paths[1:]:
+            model.merge(cls.load(path), str(path))
+        return model
+
+
+def network_digest(net: FM2SNet) -> str:
+    """SHA-256 of a network's weights (parameter names and float32 bytes, in order)."""
+    digest = hashlib.sha256()
+    for name, value in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(value.detach().cpu().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+def train_stack(
+    stack,
+    settings: Settings,
+    *,
+    seed: int = 0,
+    data_range: float | None = None,
+    device: torch.device,
+    groups: Sequence[int] | None = None,
+    references: Callable | None = None,
+    progress: Callable[[Group, StackModel], None] | None = None,
+) -> StackModel:
+    """Train the networks of a stack's groups.
+
+    Parameters
+    ----------
+    stack : Stack
+        An open stack (:func:`fm2s.stacks.open_stack`).
+    settings : Settings
+        As given (``auto`` is resolved per plane).
+    seed : int
+        Base seed.
+    data_range : float, optional
+        Intensity mapped to 1.0 (default: from the dtype).
+    device : torch.device
+        Resolved device. On CUDA, the networks of several groups train in one grouped pass.
+    groups : sequence of int, optional
+        Indices into :func:`plan_groups` to train (default: all).
+    references : callable, optional
+        ``auto``: the channels' reference estimates (default: a new
+        :class:`fm2s.estimate.ChannelReferences` of `stack`).
+    progress : callable, optional
+        Called with each group and the model once its networks are trained.
+
+    Returns
+    -------
+    StackModel
+        Its ``planes`` cover exactly the groups trained.
+
+    Raises
+    ------
+    StackError
+        A plane the engine cannot denoise (message naming the stack and the plane).
+    """
+    meta = stack.metadata
+    plan = plan_groups(stack.plane_keys(), settings, meta.shape[3:])
+    chosen = plan if groups is None else [plan[i] for i in groups]
+    if settings.needs_estimate and references is None:
+        from .estimate import ChannelReferences
+
+        references = ChannelReferences(stack, data_range)
+    model = StackModel(settings, int(seed), data_range, str(meta.path))
+    warn = LowRangeWarning(settings, data_range)
+    pack = CUDA_GROUP_SIZE if device.type == "cuda" else 1
+    # A batch of groups whose units train in grouped passes (one group at a time on CPU).
+    batch: list[tuple[Group, list[TrainingUnit], list[str]]] = []
+    pixels = 0
+    for group in chosen:
+        units, names = _group_units(stack, group, settings, seed, data_range, references, warn,
+                                    model)
+        batch.append((group, units, names))
+        pixels += sum(p.noisy.size for u in units for p in u.planes)
+        if len(batch) >= pack or pixels >= GROUP_PIXELS * 4:
+            _train_batch(batch, device, model, progress)
+            batch, pixels = [], 0
+    if batch:
+        _train_batch(batch, device, model, progress)
+    if references is not None and hasattr(references, "record"):
+        model.references = references.record()
+    return model
+
+
+def _group_units(stack, group: Group, settings, seed, data_range, references, warn, model):
+    """Read and prepare a group's planes; its training units and their network ids."""
+    path = stack.metadata.path
+    prepared: list[PreparedPlane] = []
+    for key in group.keys:
+        plane = stack.read_plane(key)
+        try:
+            item = prepare_plane(plane, settings, tuple(key), data_range=data_range,
+                                 noise_reference=references, what=f"plane t,c,z={key.label}",
+                                 warn=warn)
+        except ValueError as exc:
+            msg = f"{path}: cannot denoise: {exc}"
+            raise StackError(msg) from exc
+        prepared.append(item)
+        model.planes[key.label] = {"network": None, "group": group.index,
+                                   "input_sha256": plane_sha256(plane), "info": item.info}
+    shared = [p for p in prepared if not p.constant
+              and (p.info is None or p.info.get("source") == "channel")]
+    own = [p for p in prepared if not p.constant and p not in shared]
+    if len(shared) == 1:
+        own, shared = [*shared, *own], []
+    units, names = [], []
+    if shared:
+        units.append(TrainingUnit(tuple(shared), group_seed(seed, group)))
+        names.append(f"group-{group.index}")
+    for p in sorted(own, key=lambda p: p.key):
+        units.append(TrainingUnit((p,), plane_seed(seed, p.key)))
+        names.append(f"plane-{PlaneKey(*p.key).label}")
+    for unit, name in zip(units, names, strict=True):
+        for p in unit.planes:
+            model.planes[PlaneKey(*p.key).label]["network"] = name
+        model.network_info[name] = {
+            "group": group.index, "channel": group.channel, "shared": len(unit.planes) > 1,
+            "estimate": (unit.planes[0].info or {}).get("estimate")}
+    return units, names
+
+
+def _train_batch(batch, device, model: StackModel, progress) -> None:
+    units = [u for _, group_units, _ in batch for u in group_units]
+    names = [n for _, _, group_names in batch for n in group_names]
+    networks = train_networks(units, device)
+    for name, unit, network in zip(names, units, networks, strict=True):
+        model.networks[name] = network
+        from .denoise import unit_samples
+
+        model.network_info[name].update(
+            samples=unit_samples(unit.planes[0].settings, len(unit.planes)),
+            digest=network_digest(network.model))
+    for group, _, group_names in batch:
+        log.info("%s: %s trained: %s", Path(model.source).name, group.label,
+                 ", ".join(f"{n} on {len(model.networks[n].trained_on)} plane(s) in "
+                           f"{model.networks[n].seconds:.1f} s" for n in group_names) or
+                 "nothing to train (constant planes)")
+        if progress is not None:
+            progress(group, model)
+
+
+# -- applying ---------------------------------------------------------------------------------
+
+
+def apply_model(
+    stack,
+    model: StackModel,
+    keys: Sequence[tuple[int, int, int]] | None = None,
+    *,
+    device: torch.device,
+    on_plane: Callable[[PlaneKey, np.ndarray], None] | None = None,
+) -> Iterator[PlaneResult]:
+    """Denoise planes of a stack with a model's networks (inference and blend only).
+
+    A plane the model was trained on (same ``t,c,z`` and bytes) gets the network recorded for
+    it. Any other plane (another acquisition with the same microscope and settings) gets the
+    shared network of its channel nearest in plane order, or its channel's nearest own
+    network where there is no shared one; ``info["model_source"]`` then says so.
+
+    Parameters
+    ----------
+    stack : Stack
+    model : StackModel
+    keys : sequence of (t, c, z), optional
+        Planes to denoise, in this order (default: all).
+    device : torch.device
+    on_plane : callable, optional
+        Called with each raw plane as it is read (e.g. to hash the input).
+
+    Yields
+    ------
+    PlaneResult
+        ``seconds``: the plane's inference plus its share of its network's training;
+        ``info``: the plane's ``auto`` info plus ``network`` and ``network_digest``.
+    """
+    path = stack.metadata.path
+    keys = [PlaneKey(*map(int, k)) for k in (stack.plane_keys() if keys is None else keys)]
+    settings = model.settings
+    warn = LowRangeWarning(settings, model.data_range)
+    for key in keys:
+        plane = stack.read_plane(key)
+        if on_plane is not None:
+            on_plane(key, plane)
+        entry = model.planes.get(key.label)
+        exact = entry is not None and entry["input_sha256"] == plane_sha256(plane)
+        name = entry["network"] if exact else _nearest_network(model, key, path)
+        network = model.networks.get(name) if name is not None else None
+        try:
+            prepared = prepare_plane(plane, network.settings if network else settings,
+                                     tuple(key), data_range=model.data_range,
+                                     what=f"plane t,c,z={key.label}", warn=warn)
+        except ValueError as exc:
+            msg = f"{path}: cannot denoise: {exc}"
+            raise StackError(msg) from exc
+        info = entry["info"] if exact else _reuse_info(model, name, network)
+        prepared.info = info
+        if network is None or prepared.constant:
+            result = constant_result(prepared, model.seed)
+        else:
+            result = apply_network(network, prepared, plane_seed(model.seed, tuple(key)),
+                                   device)
+            result.seconds += network.seconds / max(1, len(network.trained_on))
+        if name is not None:
+            result.info = {**(result.info or {}), "network": name,
+                           "network_digest": model.network_info[name]["digest"]}
+        yield result
+
+
+def _nearest_network(model: StackModel, key: PlaneKey, path: str) -> str:
+    """The network of another stack's plane: its channel's nearest shared network."""
+    candidates = []
+    for name, info in model.network_info.items():
+        if info["channel"] != key.c:
+            continue
+        distance = min((abs(k[0] - key.t), abs(k[2] - key.z))
+                       for k in model.networks[name].trained_on)
+        candidates.append((not info["shared"], distance, name))
+    if not candidates:
+        msg = (f"{path}: plane t,c,z={key.label}: the model ({model.source}) has no network for "
+               f"channel {key.c}")
+        raise ModelError(msg)
+    return min(candidates)[2]
+
+
+def _reuse_info(model: StackModel, name: str, network: Network | None) -> dict | None:
+    if network is None:
+        return None
+    info = {"source": "model", "settings": network.settings.to_dict(),
+            "model_source": model.source}
+    estimate = model.network_info[name].get("estimate")
+    if estimate is not None:
+        info["estimate"] = estimate
+    return info if model.settings.needs_estimate or network.settings.blend != "none" else None
+
+
+def denoise_stack_planes(
+    stack,
+    settings: Settings,
+    *,
+    seed: int = 0,
+    data_range: float | None = None,
+    device: torch.device,
+    model: StackModel | None = None,
+    references: Callable | None = None,
+    on_plane: Callable[[PlaneKey, np.ndarray], None] | None = None,
+) -> Iterator[tuple[PlaneKey, PlaneResult]]:
+    """Denoise every plane of a stack: train group after group and apply each at once, or
+    apply a given `model` (whose settings, seed and range must be these).
+
+    The results are those of :func:`train_stack` over all groups followed by
+    :func:`apply_model`, with only one group's planes in memory at a time.
+
+    Yields
+    ------
+    (PlaneKey, PlaneResult)
+        Group by group (channel by channel), not in ``(t, c, z)`` order.
+    """
+    if model is not None:
+        model.check(settings, seed, data_range, str(stack.metadata.path))
+        keys = stack.plane_keys()
+        yield from zip(keys, apply_model(stack, model, keys, device=device,
+                                         on_plane=on_plane), strict=True)
+        return
+    plan = plan_groups(stack.plane_keys(), settings, stack.metadata.shape[3:])
+    if settings.needs_estimate and references is None:
+        from .estimate import ChannelReferences
+
+        references = ChannelReferences(stack, data_range)
+    pack = CUDA_GROUP_SIZE if device.type == "cuda" else 1
+    for start in range(0, len(plan), pack):
+        batch = plan[start:start + pack]
+        part = train_stack(stack, settings, seed=seed, data_range=data_range, device=device,
+                           groups=[g.index for g in batch], references=references)
+        keys = [k for g in batch for k in g.keys]
+        yield from zip(keys, apply_model(stack, part, keys, device=device, on_plane=on_plane),
+                       strict=True)
