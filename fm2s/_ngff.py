@@ -15,7 +15,7 @@ import zarr
 from ome_zarr.axes import Axes
 from ome_zarr.format import format_from_version
 
-from fm2s.stacks import AxisMap, StackError, StackMetadata
+from fm2s._stack_types import AxisMap, StackError, StackMetadata
 
 PROVENANCE_KEY = "fm2s"
 

@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from fm2s.stacks import (
+from fm2s._stack_types import (
     PNG_SUFFIXES,
     TIFF_SUFFIXES,
     AxisMap,
