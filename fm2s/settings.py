@@ -60,7 +60,7 @@ _OPTIONAL = {"noise_model": "fm2s", "gain": 0.0, "read_var": 0.0, "noise_corr": 
 # Shared training of the fast recipe (fm2s.engine): consecutive planes of one channel whose
 # noise agrees share a network of up to GROUP_SIZE planes, trained for `samples` per plane up
 # to GROUP_SAMPLES in all (benchmarks/shared.py; README "One network for many planes").
-GROUP_SIZE = 16
+GROUP_SIZE = 64
 GROUP_SAMPLES = 3000
 
 # Network and schedule. Step counts are optimiser steps; a "sample" is one fresh noise draw.
