@@ -1,11 +1,10 @@
-# Shared by every rule: config validation, the inputs, their groups (one training job each) and
-# chunks (one denoise job each), paths, and the values that reach rules as params. The jobs'
-# work itself, and how a stack is split (fm2s.chunks.plan_jobs), are in fm2s.
+# Shared by every rule: config validation, paths, and the values that reach rules as params.
+# Which inputs and settings a run has (fm2s.runconfig), how a stack is split into training and
+# denoise jobs (fm2s.chunks.plan_jobs) and the jobs' work itself are in fm2s.
 
 import functools
 import os.path
 import sys
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
@@ -18,8 +17,8 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 
 import fm2s  # noqa: E402
-from fm2s.chunks import JobPlan, input_stamp, plan_jobs, scan_folder, stack_name  # noqa: E402
-from fm2s.settings import make_settings  # noqa: E402
+from fm2s.chunks import JobPlan, input_stamp, plan_jobs  # noqa: E402
+from fm2s.runconfig import ConfigError, find_inputs, run_settings, settings_folder  # noqa: E402
 from fm2s.stacks import StackError  # noqa: E402
 
 
@@ -29,73 +28,20 @@ DENOISE, OUTPUT, DEMO = config["denoise"], config["output"], config["demo"]
 READING, ACQUISITION = config["reading"], config["acquisition"]
 QC = config["report"]
 
-# --- inputs -------------------------------------------------------------------------------------
-
-
-def find_inputs():
-    """Output name -> input path, and the demo input's name (None unless the demo runs)."""
-    found = {}
-
-    def add(name, path):
-        if name in found:
-            raise WorkflowError(
-                f"inputs {found[name]} and {path} would both be written to {name!r}; "
-                "rename one of them"
-            )
-        found[name] = Path(path)
-
-    for entry in config["inputs"]:
-        add(stack_name(entry), entry)
-    if ACQUISITION["folder"]:
-        # Jobs that re-read the workflow (e.g. on SLURM) take the inputs as they are: the main
-        # process already decided which ones are complete.
-        main = workflow.is_main_process
-        try:
-            ready, waiting = scan_folder(
-                ACQUISITION["folder"],
-                ACQUISITION["patterns"],
-                quiet_seconds=ACQUISITION["quiet_seconds"] if main else 0,
-                settle_seconds=ACQUISITION["settle_seconds"] if main else 0,
-            )
-        except FileNotFoundError as error:
-            raise WorkflowError(f"config acquisition.folder: {error}") from None
-        for path, reason in waiting.items():
-            logger.warning(f"fm2s: {path} is {reason}: left for the next run")
-        results = Path(OUTPUT["root"]).resolve()
-        for name, path in ready.items():
-            if results not in path.resolve().parents:  # never our own outputs
-                add(name, path)
-    if found or config["inputs"] or ACQUISITION["folder"]:
-        return found, None
-    if not DEMO["enabled"]:
-        raise WorkflowError(
-            "nothing to denoise: set `inputs` or `acquisition.folder` in the config "
-            "(or demo.enabled: true)"
-        )
-    name = stack_name(DEMO["path"])
-    return {name: Path(DEMO["path"])}, name
-
-
-INPUTS, DEMO_NAME = find_inputs()
-
-# --- settings: everything that decides the result reaches the rules as params ------------------
+# --- inputs and settings (fm2s.runconfig): everything that decides a result reaches the rules
+# as params ----------------------------------------------------------------------------------
 
 try:
-    SETTINGS = make_settings(
-        DENOISE["preset"],
-        DENOISE["recipe"],
-        **{
-            **DENOISE["overrides"],
-            **(DEMO["overrides"] if DEMO_NAME else {}),
-            **({"group_size": 1} if DENOISE["per_plane"] else {}),
-        },
-    )
-except ValueError as error:
-    keys = "denoise.preset, recipe or overrides" + (" (or demo.overrides)" if DEMO_NAME else "")
-    raise WorkflowError(f"config {keys}: {error}") from None
+    RUN = find_inputs(config, main_process=workflow.is_main_process)
+    SETTINGS = run_settings(config, demo=RUN.demo is not None)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+for _path, _reason in RUN.waiting.items():
+    logger.warning(f"fm2s: {_path} is {_reason}: left for the next run")
+INPUTS, DEMO_NAME = RUN.inputs, RUN.demo
 
 PLANES_PER_JOB = (DEMO_NAME and DEMO["planes_per_job"]) or DENOISE["planes_per_job"]
-# Options of `fm2s denoise-chunk` that decide the result (the settings JSON aside).
+# Options of the fm2s job verbs that decide the result (the settings JSON aside).
 DENOISE_OPTIONS = [
     *("--seed", str(DENOISE["seed"])),
     *("--series", str(READING["series"])),
@@ -103,18 +49,10 @@ DENOISE_OPTIONS = [
     *(("--data-range", str(DENOISE["data_range"])) if DENOISE["data_range"] else ()),
 ]
 
-
-def settings_folder():
-    """``<digest[:12]>-seed<seed>[-range<data_range>]``: the output folder of output.by_settings."""
-    tag = f"{SETTINGS.digest()[:12]}-seed{DENOISE['seed']}"
-    if DENOISE["data_range"]:
-        tag += f"-range{DENOISE['data_range']:g}"
-    return tag
-
-
 # --- paths: every output, log and benchmark path is built here ---------------------------------
 
-OUT = os.path.join(OUTPUT["root"], settings_folder() if OUTPUT["by_settings"] else "")
+SETTINGS_FOLDER = settings_folder(SETTINGS, DENOISE["seed"], DENOISE["data_range"])
+OUT = os.path.join(OUTPUT["root"], SETTINGS_FOLDER if OUTPUT["by_settings"] else "")
 OUT = os.path.normpath(OUT)
 STORE = f"{OUT}/{{name}}.denoised.ome.zarr"
 CHUNK = f"{OUT}/.fm2s/chunks/{{name}}/chunk-{{chunk}}.npz"
