@@ -678,13 +678,16 @@ def reformat_store(
 
 def synthetic_stack(
     t: int = 3, c: int = 2, z: int = 4, size: int = 128, *, seed: int = 0,
-    photons: float = 30.0, read_noise: float = 0.02, dtype: Any = np.uint16,
+    photons: float = 30.0, read_noise: float = 0.02, dark: float = 0.05,
+    dtype: Any = np.uint16,
 ) -> np.ndarray:
     """A deterministic fluorescence-like ``(t, c, z, y, x)`` stack with Poisson-Gaussian noise.
 
     Channel 0 looks like nuclei, channel 1 like filaments (then alternating); structures drift
     smoothly over t and z. Built from :func:`fm2s.synthetic.clean_plane` and
-    :func:`fm2s.synthetic.noisy_plane`; every plane's noise has its own seed.
+    :func:`fm2s.synthetic.noisy_plane`; every plane's noise has its own seed. Intensities sit
+    on a dark level of `dark` (fraction of the range), as a camera's offset does: without one,
+    a sixth of the pixels clip at 0.
 
     Examples
     --------
@@ -705,8 +708,9 @@ def synthetic_stack(
                     filaments=max(1, round(filaments * max(scale, 0.5))),
                 )  # fmt: skip
                 noise_seed = int(np.random.SeedSequence([seed, ti, ci, zi]).generate_state(1)[0])
-                out[ti, ci, zi] = noisy_plane(clean, photons=photons, read_noise=read_noise,
-                                              seed=noise_seed, dtype=dtype)
+                out[ti, ci, zi] = noisy_plane(dark + (1 - dark) * clean, photons=photons,
+                                              read_noise=read_noise, seed=noise_seed,
+                                              dtype=dtype)
     return out
 
 
