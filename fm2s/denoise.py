@@ -50,6 +50,11 @@ log = logging.getLogger(__name__)
 CUDA_GROUP_SIZE = 16
 
 
+def pack_size(device: torch.device) -> int:
+    """Networks trained together in one grouped pass on `device` (one at a time on a CPU)."""
+    return CUDA_GROUP_SIZE if device.type == "cuda" else 1
+
+
 @dataclass
 class PlaneResult:
     """One denoised plane and how it was made."""
@@ -181,7 +186,7 @@ def iter_denoise_planes(
     settings = settings or make_settings()
     device = resolve_device(device)
     set_threads(threads)
-    group_size = CUDA_GROUP_SIZE if device.type == "cuda" else 1
+    group_size = pack_size(device)
     key_iter = iter(keys) if keys is not None else None
     warn = LowRangeWarning(settings, data_range)
 
@@ -375,7 +380,7 @@ def train_networks(units: Sequence[TrainingUnit], device: torch.device,
     list of Network
         In the order of `units`.
     """
-    pack = pack or (CUDA_GROUP_SIZE if device.type == "cuda" else 1)
+    pack = pack or pack_size(device)
     prepared = []
     for slot, unit in enumerate(units):
         first = unit.planes[0]

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 
 from .denoise import (
-    CUDA_GROUP_SIZE,
     LowRangeWarning,
     Network,
     PlaneResult,
@@ -51,9 +50,11 @@ from .denoise import (
     TrainingUnit,
     apply_network,
     constant_result,
+    pack_size,
     plane_seed,
     prepare_plane,
     train_networks,
+    unit_samples,
 )
 from .model import FM2SNet
 from .settings import Settings
@@ -343,7 +344,7 @@ def train_stack(
         references = ChannelReferences(stack, data_range)
     model = StackModel(settings, int(seed), data_range, str(meta.path))
     warn = LowRangeWarning(settings, data_range)
-    pack = CUDA_GROUP_SIZE if device.type == "cuda" else 1
+    pack = pack_size(device)
     # A batch of groups whose units train in grouped passes (one group at a time on CPU).
     batch: list[tuple[Group, list[TrainingUnit], list[str]]] = []
     pixels = 0
@@ -405,8 +406,6 @@ def _train_batch(batch, device, model: StackModel, progress) -> None:
     networks = train_networks(units, device)
     for name, unit, network in zip(names, units, networks, strict=True):
         model.networks[name] = network
-        from .denoise import unit_samples
-
         model.network_info[name].update(
             samples=unit_samples(unit.planes[0].settings, len(unit.planes)),
             digest=network_digest(network.model))
@@ -546,7 +545,7 @@ def denoise_stack_planes(
         from .estimate import ChannelReferences
 
         references = ChannelReferences(stack, data_range)
-    pack = CUDA_GROUP_SIZE if device.type == "cuda" else 1
+    pack = pack_size(device)
     for start in range(0, len(plan), pack):
         batch = plan[start:start + pack]
         part = train_stack(stack, settings, seed=seed, data_range=data_range, device=device,
