@@ -297,6 +297,19 @@ def provenance(path: str | Path) -> dict[str, Any]:
     return attrs[PROVENANCE_KEY]
 
 
+def read_variance_note(estimate: dict[str, Any]) -> str | None:
+    """What a negative read variance of a noise estimate (``NoiseEstimate.as_dict()``) means,
+    in words; None when it is not negative."""
+    b, a = estimate.get("read_var_dn"), estimate.get("gain_dn")
+    if b is None or b >= 0:
+        return None
+    text = "read variance < 0: the noise grows as if the signal started "
+    if a:
+        text += f"{-b / a:.4g} DN "
+    return text + ("above zero, as with a camera's dark offset or clipped dark pixels; the "
+                   "model's variance stays >= 0 over the plane's range. Not an error")
+
+
 def format_provenance(path: str | Path) -> str:
     """Provenance of a store as readable text, for ``fm2s info STORE``."""
     p = provenance(path)
@@ -330,6 +343,9 @@ def format_provenance(path: str | Path) -> str:
                 f"noise:     channel {channel} (plane {ref.get('plane')}): std "
                 f"{e.get('std_dn')} DN at mean, gain {e.get('gain_dn')} DN, read variance "
                 f"{e.get('read_var_dn')} DN^2, correlation width {e.get('corr')} px")
+            note = read_variance_note(e)
+            if note:
+                lines.append(f"           ({note})")
         planes = estimate.get("planes") or {}
         own = [k for k, v in planes.items() if v.get("source") == "plane"]
         blends = [v["blend"] for v in planes.values() if v.get("blend") is not None]

@@ -93,7 +93,11 @@ class TiffSource:
     def __init__(self, path: Path, *, series: int, pages_as: str) -> None:
         handler = _WarningCollector()
         tifffile_logger = logging.getLogger("tifffile")
+        # tifffile's own log lines become part of fm2s's error (or its warnings), once
+        level, propagate = tifffile_logger.level, tifffile_logger.propagate
         tifffile_logger.addHandler(handler)
+        tifffile_logger.setLevel(logging.WARNING)
+        tifffile_logger.propagate = False
         try:
             try:
                 self._tif = tifffile.TiffFile(path)  # opened read-only ("rb")
@@ -108,6 +112,8 @@ class TiffSource:
                 raise
         finally:
             tifffile_logger.removeHandler(handler)
+            tifffile_logger.setLevel(level)
+            tifffile_logger.propagate = propagate
 
     def _open(self, path: Path, series: int, pages_as: str) -> None:
         tif = self._tif

@@ -133,6 +133,10 @@ class AxisMap:
                         msg += "; try pages_as='t'" if pages_as == "z" else "; try pages_as='z'"
                     raise StackError(msg)
             where[out] = pos
+        if len(shape) < 2:
+            msg = (f"{path}: a {len(shape)}-D image (axes {''.join(axes)!r}, shape "
+                   f"{tuple(shape)}); fm2s denoises 2-D planes (y, x)")
+            raise StackError(msg)
         if "y" not in where or "x" not in where:
             msg = f"{path}: axes {''.join(axes)!r} have no y and x axes"
             raise StackError(msg)

@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import socket
 import tempfile
 import time
@@ -56,6 +55,7 @@ from fm2s._provenance import (
     fingerprint_input,
     utc_now,
 )
+from fm2s.outputs import atomic_output
 from fm2s.stacks import PlaneKey, StackError, StackMetadata, open_stack
 
 __all__ = [
@@ -128,6 +128,20 @@ def input_stamp(path: str | os.PathLike) -> str:
         return "missing"
     mtime, size, count = _latest_change(path)
     return f"{mtime}-{size}-{count}"
+
+
+def check_unchanged(path: str | os.PathLike, stamp: str) -> None:
+    """Refuse to publish results of an input that changed while it was read.
+
+    Raises
+    ------
+    StackError
+        `path`'s :func:`input_stamp` is no longer `stamp` (written to, replaced or removed).
+    """
+    if input_stamp(path) != stamp:
+        msg = (f"{path}: changed while being read (written to, replaced or removed); nothing "
+               "was written: run again once it is complete")
+        raise StackError(msg)
 
 
 def scan_folder(
@@ -243,6 +257,11 @@ def job_device(
     import torch
 
     if not torch.cuda.is_available():
+        if visible is not None:  # the scheduler gave this job a GPU
+            why = ("this torch has no CUDA support (a CPU build)" if torch.version.cuda is None
+                   else "torch sees no CUDA device (driver or CUDA_VISIBLE_DEVICES)")
+            logger.warning("the job was given a GPU (CUDA_VISIBLE_DEVICES=%s) but runs on the "
+                           "CPU: %s", visible, why)
         return "cpu"
     count = torch.cuda.device_count()
     if count == 1 or in_slurm:
@@ -350,6 +369,7 @@ def train_groups(
     source, output = Path(source), Path(output)
     set_threads(threads)
     device = resolve_device(device)
+    stamp = input_stamp(source)
     with open_stack(source, series=series, pages_as=pages_as) as stack:
         plan = plan_groups(stack.plane_keys(), settings, stack.metadata.shape[3:])
         if not groups or not all(0 <= g < len(plan) for g in groups):
@@ -363,6 +383,7 @@ def train_groups(
                     os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
         model = train_stack(stack, settings, seed=seed, data_range=data_range, device=device,
                             groups=list(groups))
+    check_unchanged(source, stamp)
     return model.save(output)
 
 
@@ -419,6 +440,7 @@ def denoise_chunk(
     started = utc_now()
     model = StackModel.load_all(models)
     model.check(settings, seed, data_range, str(source))
+    stamp = input_stamp(source)
     with open_stack(source, series=series, pages_as=pages_as) as stack:
         every = stack.plane_keys()
         stop = len(every) if stop is None else stop
@@ -444,8 +466,13 @@ def denoise_chunk(
             "fm2s_version": __version__, "slurm_job": slurm_job, "cuda_visible_devices": visible,
         }  # fmt: skip
         try:
-            return _write_chunk(output, keys, results, hashes, info, source,
-                                model.references)
+            _write_chunk(output, keys, results, hashes, info, source, model.references)
+            try:
+                check_unchanged(source, stamp)
+            except StackError:
+                output.unlink()
+                raise
+            return output
         except ValueError as exc:
             if isinstance(exc, StackError):
                 raise
@@ -456,10 +483,8 @@ def denoise_chunk(
 def _write_chunk(output: Path, keys, results, hashes, info, source, references=None) -> Path:
     # references: ChannelReferences.record() of the models (auto), or None
     """Stream the results into ``output`` (npz) under a temporary name, then rename it."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     seeds, seconds, plane_infos = [], [], {}
-    try:
+    with atomic_output(output, overwrite=True) as tmp:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
 
             def member(name: str, array: np.ndarray) -> None:
@@ -482,9 +507,6 @@ def _write_chunk(output: Path, keys, results, hashes, info, source, references=N
             member("seconds", np.asarray(seconds, dtype=np.float64))
             member("input_sha256", np.asarray(hashes, dtype="<U64"))
             member("info", np.asarray(json.dumps(info)))
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     return output
 
 
@@ -728,9 +750,7 @@ def write_synthetic_stack(
         raise FileExistsError(msg)
     data = synthetic_stack(t, c, z, size, seed=seed, dtype=dtype)
     names = [("nuclei", "filaments")[i % 2] + (f"-{i}" if i > 1 else "") for i in range(c)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
+    with atomic_output(path, overwrite=overwrite) as tmp:
         tifffile.imwrite(
             tmp, data, ome=True, photometric="minisblack",
             metadata={
@@ -740,7 +760,4 @@ def write_synthetic_stack(
                 "Channel": {"Name": names},
             },
         )  # fmt: skip
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

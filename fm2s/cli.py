@@ -11,7 +11,10 @@ import argparse
 import csv
 import io
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .denoise import iter_denoise_planes
+from .outputs import atomic_output, check_writable
 from .planeio import IMAGE_SUFFIXES, read_image, write_image
 from .settings import PRESETS, RECIPES, Settings, make_settings, parse_overrides
 
@@ -109,9 +113,13 @@ def cmd_denoise(args) -> int:
     if not to_store and dst.suffix.lower() not in IMAGE_SUFFIXES:
         raise UsageError(f"{dst}: unsupported file type {dst.suffix!r} for the output; expected "
                          ".png, .tif, .tiff or .ome.zarr")
+    check_writable(dst)
+    if args.save_settings:
+        check_writable(args.save_settings, what="settings file")
     model, settings, seed, data_range = _model_and_settings(args)
     if args.save_settings:
-        args.save_settings.write_text(settings.to_json() + "\n")
+        with atomic_output(args.save_settings, overwrite=True) as tmp:
+            tmp.write_text(settings.to_json() + "\n")
     options = dict(settings=settings, seed=seed, series=args.series, pages_as=args.pages_as,
                    device=args.device, threads=args.threads, overwrite=args.overwrite,
                    progress=not args.quiet, data_range=data_range, model=model)
@@ -148,6 +156,7 @@ def cmd_train(args) -> int:
 
     if args.output.exists() and not args.overwrite:
         raise UsageError(f"{args.output}: output exists (use --overwrite to replace it)")
+    check_writable(args.output, what="model file")
     settings = _settings_from_args(args)
     set_threads(args.threads)
     device = resolve_device(args.device)
@@ -532,19 +541,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit or scancel), raised where the process is, so that
+    temporaries are removed as on Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.func(args)
-    except UsageError as error:
+    except (UsageError, FileNotFoundError, ValueError) as error:
+        # ValueError: ImageFileError, StackError, OutputError and other input errors
         print(f"fm2s: error: {error}", file=sys.stderr)
-    except FileNotFoundError as error:
-        print(f"fm2s: error: {error}", file=sys.stderr)
-    except ValueError as error:  # ImageFileError, StackError and other input errors
-        print(f"fm2s: error: {error}", file=sys.stderr)
+    except BrokenPipeError:  # e.g. fm2s info STORE | head
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
+    except OSError as error:  # a full disk, a folder made read-only while running
+        where = error.filename or getattr(args, "output", None)
+        print(f"fm2s: error: {where}: {error.strerror or error}", file=sys.stderr)
+    except Terminated:
+        print("fm2s: stopped by SIGTERM; no partial output was left", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        print("fm2s: interrupted; no partial output was left", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return EXIT_BAD_INPUT
 
 

@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ from .denoise import (
     unit_samples,
 )
 from .model import FM2SNet
+from .outputs import atomic_output
 from .settings import Settings
 from .stacks import PlaneKey, StackError
 
@@ -213,14 +213,8 @@ class StackModel:
             "references": self.references,
         }
         arrays["header"] = np.asarray(json.dumps(header, allow_nan=False))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
         return path
 
     @classmethod

@@ -9,11 +9,11 @@ pixels. Axes, units, pixel sizes and the ``omero`` channel block come from the
 input's :class:`~fm2s.stacks.StackMetadata`; fm2s provenance sits in the group
 attributes under ``"fm2s"``, next to ``"ome"`` (see :mod:`fm2s._provenance`).
 
-A store is built under a hidden sibling ``.<name>.tmp-<pid>-<random>`` and renamed
+A store is built under a hidden sibling (:func:`fm2s.outputs.temporary_path`) and renamed
 to its final name only when complete; ``overwrite=True`` renames the old store
 aside, renames the new one in, then deletes the old one. A crash or exception
-never leaves a store under the final name (a hard kill may leave the hidden
-temporary sibling behind).
+never leaves a store under the final name; the hidden sibling a hard kill leaves behind
+is removed by the next writer of the same store.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
-import secrets
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +36,13 @@ from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
 from fm2s._ngff import PROVENANCE_KEY, open_ngff_group
 from fm2s._readers import normalize_unit
+from fm2s.outputs import (
+    OutputExistsError,
+    check_writable,
+    publish,
+    remove_stale_temporaries,
+    temporary_path,
+)
 from fm2s.stacks import PlaneKey, StackError, StackMetadata
 
 __all__ = [
@@ -53,17 +59,14 @@ logger = logging.getLogger(__name__)
 _DEFAULT_COLORS = ("00FF00", "FF00FF", "00FFFF", "FF0000", "0000FF", "FFFF00")
 
 
-class OutputExistsError(StackError, FileExistsError):
-    """The output store exists and ``overwrite`` is False."""
-
-
 def check_output_path(
     output: str | Path, *, input_path: str | Path | None = None, overwrite: bool = False
 ) -> Path:
     """Refuse an output that exists (unless `overwrite`) or that lies inside the input.
 
     Also refuses ``overwrite=True`` when the input lies inside the output, which
-    replacing the output would delete. Returns the output as a ``Path``.
+    replacing the output would delete, and an output that cannot be written
+    (:func:`fm2s.outputs.check_writable`). Returns the output as a ``Path``.
     """
     output = Path(output)
     out = output.resolve()
@@ -78,7 +81,7 @@ def check_output_path(
     if (output.exists() or output.is_symlink()) and not overwrite:
         msg = f"{output}: output exists; pass overwrite=True to replace it"
         raise OutputExistsError(msg)
-    return output
+    return check_writable(output)
 
 
 def level_shapes(shape: tuple[int, ...], levels: int) -> list[tuple[int, ...]]:
@@ -94,6 +97,18 @@ def level_shapes(shape: tuple[int, ...], levels: int) -> list[tuple[int, ...]]:
         *rest, y, x = out[-1]
         out.append((*rest, max(1, y // 2), max(1, x // 2)))
     return out
+
+
+def max_levels(shape: tuple[int, ...]) -> int:
+    """The most pyramid levels a plane of `shape` (``(..., y, x)``) has: halving stops at
+    a side of one pixel.
+
+    Examples
+    --------
+    >>> max_levels((1, 1, 1, 64, 100))
+    7
+    """
+    return int(min(shape[-2:])).bit_length()
 
 
 def _downsample(plane: np.ndarray) -> np.ndarray:
@@ -176,6 +191,12 @@ class OmeZarrWriter:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self.metadata = metadata
+        most = max_levels(self.shape)
+        if levels > most:
+            logger.warning("%s: %d pyramid levels asked, %d written: a %d x %d plane halves to "
+                           "a single pixel in %d steps", path, levels, most, *self.shape[3:],
+                           most - 1)  # fmt: skip
+            levels = most
         self.levels, self.ngff_version = levels, ngff_version
         self.overwrite, self.tile = overwrite, tile
         self.tmp_path: Path | None = None
@@ -199,8 +220,8 @@ class OmeZarrWriter:
     def open(self) -> None:
         """Create the temporary store with its arrays and NGFF metadata."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        name = f".{self.path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        self.tmp_path = self.path.parent / name
+        remove_stale_temporaries(self.path)
+        self.tmp_path = temporary_path(self.path)
         try:
             self._create()
         except BaseException:
@@ -320,36 +341,29 @@ class OmeZarrWriter:
         if provenance is not None:
             json.dumps(provenance, allow_nan=False)  # fail here, not in a reader
             self._group.attrs[PROVENANCE_KEY] = dict(provenance)
-        _swap_into_place(self.tmp_path, self.path, overwrite=self.overwrite)
+        publish(self.tmp_path, self.path, overwrite=self.overwrite)
         self._committed = True
         logger.info("wrote %s (NGFF %s, %d levels)", self.path, self.ngff_version, self.levels)
         return self.path
 
     def abort(self) -> None:
         """Delete the temporary store; the final path is left untouched."""
-        if self.tmp_path is not None and self.tmp_path.exists():
-            shutil.rmtree(self.tmp_path, ignore_errors=True)
-            logger.debug("removed incomplete %s", self.tmp_path)
+        if self.tmp_path is None:
+            return
+        # zarr writes from its own I/O thread: after an interrupt (Ctrl-C, SIGTERM) in the
+        # middle of a write, that thread may still create files after a first removal.
+        absent = 0
+        for _ in range(100):
+            if self.tmp_path.exists():
+                shutil.rmtree(self.tmp_path, ignore_errors=True)
+                absent = 0
+            else:
+                absent += 1
+                if absent == 3:
+                    break
+            time.sleep(0.05)
+        logger.debug("removed incomplete %s", self.tmp_path)
 
-
-def _swap_into_place(tmp: Path, final: Path, *, overwrite: bool) -> None:
-    if not (final.exists() or final.is_symlink()):
-        os.rename(tmp, final)
-        return
-    if not overwrite:
-        msg = f"{final}: output appeared while writing; pass overwrite=True to replace it"
-        raise OutputExistsError(msg)
-    aside = final.parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-    os.rename(final, aside)
-    try:
-        os.rename(tmp, final)
-    except BaseException:
-        os.rename(aside, final)
-        raise
-    if aside.is_dir() and not aside.is_symlink():
-        shutil.rmtree(aside)
-    else:
-        aside.unlink()
 
 
 def write_ome_zarr(

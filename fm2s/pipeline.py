@@ -108,6 +108,9 @@ def denoise_stack(
     set_threads(threads)
     torch_device = resolve_device(device)
     started = utc_now()
+    from fm2s.chunks import check_unchanged, input_stamp
+
+    stamp = input_stamp(input_path)
     with open_stack(input_path, series=series, pages_as=pages_as) as stack:
         meta = stack.metadata
         check_output_path(output_path, input_path=input_path, overwrite=overwrite)
@@ -144,7 +147,7 @@ def denoise_stack(
                 logger.info(
                     "%s: plane %d/%d (t,c,z = %s) denoised in %.2f s%s",
                     input_path.name, n, len(keys), key.label, result.seconds,
-                    f" by {result.info['network']}" if result.info else "",
+                    f" by {result.info['network']}" if "network" in (result.info or {}) else "",
                 )  # fmt: skip
             record = build_provenance(
                 settings=settings,
@@ -165,6 +168,7 @@ def denoise_stack(
                 results, keys, data_range=data_range, model=model_path,
                 references=references.record() if references else
                 (model.references if model else None)))  # fmt: skip
+            check_unchanged(input_path, stamp)
             writer.commit(record)
     return output_path
 
@@ -229,9 +233,11 @@ def denoise_image_file(
     """Denoise a PNG or TIFF (plane or stack) into a PNG or TIFF of the input's array shape.
 
     The same stack engine, seeds and groups as :func:`denoise_stack`: a stack written to
-    ``.tif`` has the pixels it has in an OME-Zarr store. No provenance (use an ``.ome.zarr``
-    output for it).
+    ``.tif`` has the pixels it has in an OME-Zarr store. A TIFF output of a TIFF input keeps
+    its kind (ImageJ hyperstack, OME-TIFF or plain), axes, pixel sizes and time step
+    (:func:`fm2s.planeio.write_image`). No provenance (use an ``.ome.zarr`` output for it).
     """
+    from fm2s.chunks import check_unchanged, input_stamp
     from fm2s.denoise import resolve_device, set_threads
     from fm2s.engine import denoise_stack_planes
     from fm2s.planeio import write_image
@@ -240,6 +246,7 @@ def denoise_image_file(
     input_path, output_path = Path(input_path), Path(output_path)
     set_threads(threads)
     torch_device = resolve_device(device)
+    stamp = input_stamp(input_path)
     with open_stack(input_path, series=series, pages_as=pages_as) as stack:
         meta = stack.metadata
         check_output_path(output_path, input_path=input_path, overwrite=overwrite)
@@ -256,5 +263,7 @@ def denoise_image_file(
                                                     model=model):
                 out[axes.select(*key)] = axes.to_yx(result.image)  # to_yx is its own inverse
                 bar.update(1)
-    write_image(output_path, out, overwrite=overwrite)
+    check_unchanged(input_path, stamp)
+    tiff_input = meta.format in ("tiff", "imagej-tiff", "ome-tiff")
+    write_image(output_path, out, overwrite=overwrite, metadata=meta if tiff_input else None)
     return output_path

@@ -8,12 +8,14 @@ take one at a time.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
 import tifffile
+
+from fm2s.outputs import atomic_output
 
 __all__ = ["ImageFileError", "read_image", "write_image", "IMAGE_SUFFIXES"]
 
@@ -64,30 +66,90 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False) -> Path:
+def write_image(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    *,
+    overwrite: bool = False,
+    metadata: Any = None,
+) -> Path:
     """Write ``image`` to a PNG or TIFF file atomically (written aside, then renamed).
 
     PNG holds 8- or 16-bit gray or RGB(A) planes; TIFF holds any dtype and stacks.
+
+    Parameters
+    ----------
+    metadata : StackMetadata, optional
+        The input's metadata (:attr:`fm2s.stacks.Stack.metadata`), for a TIFF output: an
+        ImageJ hyperstack is written back as one, an OME-TIFF as an OME-TIFF, each with the
+        input's axes, pixel sizes, units, time step (and OME channel names); a plain TIFF
+        keeps its pixel size in its resolution tags.
     """
     path = Path(path)
     suffix = _suffix(path)
-    if path.exists() and not overwrite:
-        msg = f"{path}: output exists (use --overwrite to replace it)"
-        raise ImageFileError(msg)
     if suffix == ".png" and (image.dtype not in (np.uint8, np.uint16) or image.ndim not in (2, 3)):
         msg = f"{path}: PNG holds 8/16-bit planes only, got {image.dtype} {image.shape}; use .tif"
         raise ImageFileError(msg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path, overwrite=overwrite) as tmp:
         if suffix == ".png":
-            iio.imwrite(temp, image, extension=".png")
+            iio.imwrite(tmp, image, extension=".png")
         else:
-            rgb = image.ndim == 3 and image.shape[-1] in (3, 4)
-            tifffile.imwrite(temp, image, photometric="rgb" if rgb else "minisblack")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+            rgb = image.ndim == 3 and image.shape[-1] in (3, 4) and metadata is None
+            options = tiff_options(metadata) if metadata is not None else {}
+            options.setdefault("photometric", "rgb" if rgb else "minisblack")
+            tifffile.imwrite(tmp, image, **options)
     return path
+
+
+_IMAGEJ_UNITS = {"micrometer": "micron", "nanometer": "nm", "millimeter": "mm",
+                 "centimeter": "cm", "meter": "m", "angstrom": "angstrom"}  # fmt: skip
+_IMAGEJ_TIME_UNITS = {"second": "sec", "millisecond": "msec", "microsecond": "usec",
+                      "minute": "min", "hour": "hour"}  # fmt: skip
+_MICROMETERS = {"micrometer": 1.0, "nanometer": 1e-3, "millimeter": 1e3, "centimeter": 1e4,
+                "meter": 1e6, "angstrom": 1e-4}  # fmt: skip
+
+
+def tiff_options(meta: Any) -> dict[str, Any]:
+    """``tifffile.imwrite`` options that keep what the input TIFF carried (see
+    :func:`write_image`)."""
+    sizes, units = meta.pixel_sizes or {}, meta.units or {}
+    samples = "S" in meta.axes_found
+    options: dict[str, Any] = {"photometric": "rgb" if samples else "minisblack"}
+    if meta.format == "imagej-tiff":
+        unit = units.get("x")
+        info: dict[str, Any] = {"axes": meta.axes_found}
+        if unit:
+            info["unit"] = _IMAGEJ_UNITS.get(unit, unit)
+        if sizes.get("z"):
+            info["spacing"] = sizes["z"]
+        if meta.time_step:
+            info["finterval"] = meta.time_step
+            info["tunit"] = _IMAGEJ_TIME_UNITS.get(meta.time_unit, meta.time_unit or "sec")
+        options.update(imagej=True, metadata=info)
+        if sizes.get("x") and sizes.get("y"):
+            options["resolution"] = (1 / sizes["x"], 1 / sizes["y"])
+    elif meta.format == "ome-tiff":
+        info = {"axes": meta.axes_found}
+        for axis in "xyz":
+            if sizes.get(axis):
+                info[f"PhysicalSize{axis.upper()}"] = sizes[axis]
+                if units.get(axis):
+                    info[f"PhysicalSize{axis.upper()}Unit"] = _OME_UNITS.get(units[axis],
+                                                                             units[axis])
+        if meta.time_step:
+            info["TimeIncrement"] = meta.time_step
+            info["TimeIncrementUnit"] = _OME_TIME_UNITS.get(meta.time_unit, "s")
+        if meta.channel_names:
+            info["Channel"] = {"Name": list(meta.channel_names)}
+        options.update(ome=True, metadata=info)
+    else:
+        um = {a: (sizes.get(a) or 0) * _MICROMETERS.get(units.get(a) or "", 0) for a in "xy"}
+        if um["x"] and um["y"]:  # per centimetre, TIFF's own unit
+            options.update(resolution=(1e4 / um["x"], 1e4 / um["y"]), resolutionunit="CENTIMETER")
+    return options
+
+
+_OME_UNITS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centimeter": "cm",
+              "meter": "m", "angstrom": "Å"}  # fmt: skip
+_OME_TIME_UNITS = {"second": "s", "millisecond": "ms", "microsecond": "µs", "minute": "min",
+                   "hour": "h"}  # fmt: skip

@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import os
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy import ndimage
+
+from fm2s._provenance import read_variance_note
+from fm2s.outputs import atomic_output
 
 __all__ = [
     "NOISE_ESTIMATOR",
@@ -227,13 +229,8 @@ def _page(title: str, intro: str, sections: Sequence[tuple[str, str, str]]) -> s
 
 
 def _write_atomically(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
+    with atomic_output(path, overwrite=True) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -448,8 +445,12 @@ def _stack_section(name: str, source: Path, store: Path, *, series: int, pages_a
     libraries = ", ".join(f"{k} {v}" for k, v in (record.get("libraries") or {}).items() if v)
     flow = dict(record.get("workflow") or {})
     config = flow.pop("config", None)
+    notes = [read_variance_note(ref.get("estimate") or {}) for ref in
+             ((record.get("estimate") or {}).get("references") or {}).values()]
+    notes = sorted({n for n in notes if n})
     parts.append(
         "<h3>Settings and provenance</h3>"
+        + "".join(f'<p class="note">{_esc(n)}.</p>' for n in notes)
         + _table(sorted(settings.items()), ["setting", "value"])
         + _table([*_flatten(shown), ("libraries", libraries), *_flatten(flow, "workflow.")],
                  ["provenance", "value"])

@@ -113,13 +113,16 @@ def test_scan_folder_leaves_recent_growing_and_hidden_files(tmp_path, monkeypatc
         scan_folder(tmp_path / "nope", ["*"])
 
 
-def test_job_device_gives_cuda_only_to_jobs_with_a_gpu(tmp_path, monkeypatch):
+def test_job_device_gives_cuda_only_to_jobs_with_a_gpu(tmp_path, monkeypatch, caplog):
     assert job_device("cpu") == "cpu" and job_device("cuda:1") == "cuda:1"
     assert job_device(gpus=0, environ={}) == "cpu"
     assert job_device(environ={"SLURM_JOB_ID": "7"}) == "cpu"  # SLURM gave no GPU
     assert job_device(environ={"CUDA_VISIBLE_DEVICES": ""}) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
     assert job_device(environ={"CUDA_VISIBLE_DEVICES": "0"}) == "cpu"
+    assert ("given a GPU (CUDA_VISIBLE_DEVICES=0) but runs on the CPU: this torch has no CUDA "
+            "support") in caplog.text
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(chunks, "_gpu_locks", [])

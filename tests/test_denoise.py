@@ -92,21 +92,40 @@ def test_constant_plane_is_its_own_result(tiny_settings, value):
     np.testing.assert_array_equal(run(plane, tiny_settings), plane)
 
 
-def test_planes_smaller_than_a_region_are_one_region(plane8, tiny_settings):
-    out = run(plane8[:20, :20], tiny_settings)  # region_size is 75
+def mean_error(image, truth):
+    return float(np.abs(image.astype(np.float64) - truth).mean())
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A noisy 8-bit plane and its truth (0-255), for tests that must see a better plane."""
+    from fm2s.synthetic import clean_plane, noisy_plane
+
+    clean = clean_plane((48, 48), seed=5, blobs=8, filaments=3)
+    return noisy_plane(clean, photons=20, seed=6), clean * 255
+
+
+def test_planes_smaller_than_a_region_are_one_region(pair):
+    noisy, truth = pair[0][:20, :20], pair[1][:20, :20]  # region_size is 75
+    out = fm2s.denoise(noisy, preset="confocal", steps=40, crop_size=16, device="cpu")
     assert out.shape == (20, 20)
+    assert mean_error(out, truth) < 0.8 * mean_error(noisy, truth)
 
 
 @pytest.mark.parametrize("recipe", ["v1", "v2"])
-def test_faithful_recipes_run(plane8, recipe):
-    out = fm2s.denoise(plane8, preset="confocal", recipe=recipe, samples=2, steps_per_sample=2,
+def test_faithful_recipes_run(pair, recipe):
+    noisy, truth = pair
+    out = fm2s.denoise(noisy, preset="confocal", recipe=recipe, samples=3, steps_per_sample=15,
                        device="cpu")
-    assert out.shape == plane8.shape and out.dtype == np.uint8
+    assert out.shape == noisy.shape and out.dtype == np.uint8
+    assert mean_error(out, truth) < 0.8 * mean_error(noisy, truth)
 
 
-def test_bfloat16_training_runs(plane8):
-    out = fm2s.denoise(plane8, steps=4, crop_size=24, precision="bfloat16", device="cpu")
+def test_bfloat16_training_runs(pair):
+    noisy, truth = pair
+    out = fm2s.denoise(noisy, steps=40, crop_size=24, precision="bfloat16", device="cpu")
     assert out.dtype == np.uint8
+    assert mean_error(out, truth) < 0.8 * mean_error(noisy, truth)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,174 @@
+"""Writing outputs so that they appear whole or not at all.
+
+Every file and store fm2s writes is built under a hidden sibling named
+``.<name>.tmp-<host>-<pid>-<random>`` and renamed into place when complete
+(:func:`atomic_output`). A run killed with SIGKILL cannot remove its temporary, so the next
+run for the same output removes those of its own host whose process is gone
+(:func:`remove_stale_temporaries`); temporaries of live processes, or of other hosts sharing
+the file system, are left alone. Outputs are created with the permissions the umask gives,
+as any other file of the user's.
+
+:func:`check_writable` refuses, before any work is done, an output whose folder cannot be
+created or written: a denoising run must not end after hours in a permission error.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = [
+    "OutputError",
+    "OutputExistsError",
+    "atomic_output",
+    "check_writable",
+    "publish",
+    "remove_stale_temporaries",
+    "temporary_path",
+]
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host"
+# .<name>.tmp-<host>-<pid>-<hex8>; fm2s 0.4 and earlier wrote .<name>.tmp-<pid>-<hex8>, which a
+# rerun judges as its own host's.
+_TEMPORARY = re.compile(r"\.tmp-(?:(?P<host>[A-Za-z0-9]+)-)?(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+class OutputError(ValueError):
+    """An output that cannot be written; the message names the path and the problem."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output exists and overwriting was not asked for."""
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """The hidden sibling under which `path` is built (unique to this process)."""
+    path = Path(path)
+    return path.parent / f".{path.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def check_writable(path: str | os.PathLike, *, what: str = "output") -> Path:
+    """Refuse a `path` that cannot be created: its nearest existing parent must be a
+    writable folder (missing folders below it are created at write time).
+
+    Raises
+    ------
+    OutputError
+        A parent is a file, or the folder is not writable; the message names the path.
+    """
+    path = Path(path)
+    parent = path.absolute().parent
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling link
+            raise OutputError(f"{path}: cannot write the {what}: {parent} is a broken link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: cannot write the {what}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write the {what}: folder {parent} is not writable")
+    if path.is_dir() and not path.name.lower().endswith(".zarr"):
+        raise OutputError(f"{path}: cannot write the {what}: it is a folder")
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of `path` left by killed runs on this host; return them."""
+    path = Path(path)
+    removed = []
+    try:
+        siblings = list(path.parent.glob(f".{glob_escape(path.name)}.*"))
+    except OSError:
+        return removed
+    for sibling in siblings:
+        match = _TEMPORARY.search(sibling.name)
+        if match is None or sibling.name[: match.start()] != f".{path.name}":
+            continue
+        if match["host"] not in (None, _HOST) or _alive(int(match["pid"])):
+            continue
+        _remove(sibling)
+        removed.append(sibling)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def publish(tmp: Path, path: Path, *, overwrite: bool = False) -> None:
+    """Rename the complete `tmp` to `path`.
+
+    Without `overwrite`, an output that appeared meanwhile (another run writing the same
+    path) is never replaced: OutputExistsError, and `tmp` is left to the caller.
+    """
+    if not overwrite:
+        try:
+            if tmp.is_dir():
+                if path.exists() or path.is_symlink():  # rename would replace an empty folder
+                    raise FileExistsError(errno.EEXIST, "exists", str(path))
+                os.rename(tmp, path)
+            else:
+                os.link(tmp, path)  # fails if path exists, unlike rename
+                tmp.unlink()
+        except FileExistsError:
+            msg = f"{path}: output appeared while writing (another run?); not replaced"
+            raise OutputExistsError(msg) from None
+        return
+    if tmp.is_dir() and (path.exists() or path.is_symlink()):
+        aside = temporary_path(path)
+        os.rename(path, aside)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(aside, path)
+            raise
+        _remove(aside)
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Give a temporary path to write; rename it to `path` if the block succeeds, else
+    remove it (also on KeyboardInterrupt and the SIGTERM the command line turns into one).
+
+    Stale temporaries of `path` are removed first. The block may create a file or a folder.
+    """
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{path}: output exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        publish(tmp, path, overwrite=overwrite)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            _remove(tmp)
