@@ -8,6 +8,8 @@ lives here so that it can be tested without Snakemake.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,24 @@ from typing import Any
 from .chunks import scan_folder, stack_name
 from .settings import Settings, make_settings
 
-__all__ = ["ConfigError", "RunInputs", "find_inputs", "run_settings", "settings_folder"]
+__all__ = [
+    "RUN_FOLDERS",
+    "STORE_SUFFIX",
+    "ConfigError",
+    "RunInputs",
+    "find_inputs",
+    "is_run_output",
+    "run_settings",
+    "settings_folder",
+    "vanished_inputs",
+]
+
+STORE_SUFFIX = ".denoised.ome.zarr"
+"""Suffix of the denoised store of an input, ``<output root>/<name>`` + this."""
+RUN_FOLDERS = ("qc", "logs", "benchmarks", ".fm2s")
+"""Folders a run writes under the output root besides the stores: the QC page, the jobs' logs
+and benchmarks, and the intermediate models and chunks."""
+_SETTINGS_FOLDER = re.compile(r"[0-9a-f]{12}-seed-?\d+(-range.*)?")
 
 
 class ConfigError(ValueError):
@@ -82,11 +101,13 @@ def find_inputs(config: dict[str, Any], *, main_process: bool = True,
                 settle_seconds=acquisition["settle_seconds"] if main_process else 0, now=now)
         except FileNotFoundError as error:
             raise ConfigError(f"config acquisition.folder: {error}") from None
-        results = Path(config["output"]["root"]).resolve()
-
-        def ours(path: Path) -> bool:  # never our own outputs
-            return results in path.resolve().parents
-
+        root = Path(config["output"]["root"]).resolve()
+        if Path(acquisition["folder"]).resolve() in root.parents:
+            def ours(path: Path) -> bool:  # a results folder inside the acquisition folder
+                return root in path.resolve().parents
+        else:  # results written into the acquisition folder itself (or around it)
+            def ours(path: Path) -> bool:
+                return is_run_output(path, root)
         for name, path in ready.items():
             if not ours(path):
                 add(name, path)
@@ -99,6 +120,40 @@ def find_inputs(config: dict[str, Any], *, main_process: bool = True,
                           "config (or demo.enabled: true)")
     name = stack_name(demo["path"])
     return RunInputs({name: Path(demo["path"])}, name)
+
+
+def is_run_output(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether `path` is (inside) something a run writes under the output `root`: a denoised
+    store (``*``:data:`STORE_SUFFIX`), a :data:`RUN_FOLDERS` folder, or a settings folder of
+    ``output.by_settings``. Such paths are never taken for inputs, so results may be written
+    into (or next to) the acquisition folder."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    if root not in path.parents:
+        return False
+    parts = path.relative_to(root).parts
+    if _SETTINGS_FOLDER.fullmatch(parts[0]) or parts[0] in RUN_FOLDERS:
+        return True
+    return any(part.endswith(STORE_SUFFIX) for part in parts)
+
+
+def vanished_inputs(inputs: dict[str, Path], demo: str | None,
+                    store_of: Callable[[str], str | os.PathLike]) -> dict[str, Path]:
+    """The listed inputs that no longer exist but whose store a past run wrote (kept, and
+    left out of this run), by name.
+
+    Raises
+    ------
+    ConfigError
+        An input that does not exist and has no store: it could only fail its jobs.
+    """
+    gone = {}
+    for name, path in inputs.items():
+        if name == demo or path.exists():
+            continue
+        if not Path(store_of(name)).is_dir():
+            raise ConfigError(f"input {path}: no such file or folder")
+        gone[name] = path
+    return gone
 
 
 def run_settings(config: dict[str, Any], *, demo: bool) -> Settings:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fm2s.runconfig import ConfigError, find_inputs, run_settings, settings_folder
+from fm2s.runconfig import (
+    ConfigError,
+    find_inputs,
+    is_run_output,
+    run_settings,
+    settings_folder,
+    vanished_inputs,
+)
 from fm2s.settings import make_settings
 
 SHIPPED = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
@@ -52,6 +59,40 @@ def test_inputs_and_folder_are_named_and_collisions_refused(tmp_path):
         find_inputs(config(inputs=["/x/a.tif", "/y/a.ome.tif"]))
     with pytest.raises(ConfigError, match="config acquisition.folder: .*nope"):
         find_inputs(config(acquisition={"folder": str(tmp_path / "nope")}))
+
+
+def test_results_written_into_the_acquisition_folder_are_not_inputs(tmp_path):
+    folder = tmp_path / "acq"
+    old = 1_000_000.0
+    names = ("a.tif", "day2/b.ome.zarr/.zattrs", "a.denoised.ome.zarr/.zattrs", "qc/x.tif",
+             "logs/denoise_chunk/a/0.log", "0123456789ab-seed0/c.denoised.ome.zarr/.zattrs",
+             "0123456789ab-seed0/c.tif")
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (old, old))
+    cfg = config(acquisition={"folder": str(folder), "patterns": ["**/*.tif", "**/*.ome.zarr"],
+                              "settle_seconds": 0}, output={"root": str(folder)})
+    assert find_inputs(cfg, now=old + 3600).inputs == {
+        "a": folder / "a.tif", "day2/b": folder / "day2/b.ome.zarr"}
+    assert find_inputs(cfg, now=old + 10).waiting.keys() == {folder / "a.tif",
+                                                            folder / "day2/b.ome.zarr"}
+    assert is_run_output(folder / "qc/report.html", folder)
+    assert not is_run_output(tmp_path / "elsewhere.tif", folder)
+
+
+def test_missing_inputs_are_refused_unless_they_left_a_store(tmp_path):
+    (tmp_path / "kept.denoised.ome.zarr").mkdir()
+    (tmp_path / "here.tif").write_bytes(b"x")
+    inputs = {n: tmp_path / f"{n}.tif" for n in ("here", "kept")}
+
+    def store(name):
+        return tmp_path / f"{name}.denoised.ome.zarr"
+
+    assert vanished_inputs(inputs, None, store) == {"kept": tmp_path / "kept.tif"}
+    with pytest.raises(ConfigError, match=r"input .*/gone.tif: no such file or folder"):
+        vanished_inputs({**inputs, "gone": tmp_path / "gone.tif"}, None, store)
+    assert vanished_inputs({"demo": tmp_path / "demo.ome.tif"}, "demo", store) == {}
 
 
 def test_run_settings_per_plane_and_errors_name_the_keys():

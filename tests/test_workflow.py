@@ -175,22 +175,24 @@ def test_planes_per_job_does_not_change_the_result(main_run, tmp_path):
 def test_acquisition_folder_new_file_alone_quiet_period_and_vanished_input(tmp_path):
     folder = tmp_path / "acquired"
     folder.mkdir()
-    old = time.time() - 3600
+    # File times a day apart from the quiet period, whatever the runs take on a loaded machine.
+    day = 86400
+    old = time.time() - 10 * day
 
     def acquire(name, data, age=old):
         tifffile.imwrite(folder / name, data, imagej=True, metadata={"axes": "ZYX"})
         os.utime(folder / name, (age, age))
 
     acquire("day1.tif", CELLS[0, 0])
-    cfg = config(acquisition={"folder": "acquired", "quiet_seconds": 60, "settle_seconds": 0})
+    cfg = config(acquisition={"folder": "acquired", "quiet_seconds": day, "settle_seconds": 0})
     run(tmp_path, config=cfg)
     assert (tmp_path / "results/day1.denoised.ome.zarr").is_dir()
     acquire("day2.tif", CELLS[1, 0])
     acquire("day3.tif", CELLS[1, 1], age=time.time())  # still being written
     (folder / "day1.tif").unlink()  # an input that disappears keeps its output
     output = run(tmp_path, config=cfg)
-    assert re.search(r"day3.tif is modified \d+ s ago \(quiet period 60 s\): left for the next "
-                     r"run", output)
+    assert re.search(r"day3.tif is modified \d+ s ago \(quiet period 86400 s\): left for the "
+                     r"next run", output)
     assert re.findall(r"rule (\w+):\n.*\n +output: results/([\w./-]+)", output) == [
         ("train_groups", ".fm2s/models/day2/training-0.npz"),
         ("denoise_chunk", ".fm2s/chunks/day2/chunk-0.npz"),
@@ -206,7 +208,7 @@ def test_acquisition_folder_new_file_alone_quiet_period_and_vanished_input(tmp_p
 def test_bad_inputs_fail_their_own_jobs_and_others_complete(tmp_path):
     tifffile.imwrite(tmp_path / "good.tif", CELLS[0, 0], imagej=True, metadata={"axes": "ZYX"})
     (tmp_path / "broken.tif").write_bytes(b"II*\x00 not really a TIFF")
-    cfg = config(inputs=["good.tif", "broken.tif", "missing.ome.tif"])
+    cfg = config(inputs=["good.tif", "broken.tif"])
     code, output = run(tmp_path, "--keep-going", config=cfg, check=False)
     assert code != 0
     assert (tmp_path / "results/good.denoised.ome.zarr").is_dir()
@@ -214,14 +216,31 @@ def test_bad_inputs_fail_their_own_jobs_and_others_complete(tmp_path):
     logs = tmp_path / "results/logs/train_groups"
     assert "fm2s: error: broken.tif: TIFF file holds no image series" in (
         logs / "broken/training-0.log").read_text()
-    assert "fm2s: error: missing.ome.tif: no such file or folder" in (
-        logs / "missing/training-0.log").read_text()
-    assert "missing.ome.tif: no such file or folder; its training job will fail" in output
-    (tmp_path / "good.tif").unlink()  # a listed input that disappears keeps its output
+    assert "broken.tif: TIFF file holds no image series; its training job will fail" in output
+    # A listed input that does not exist is refused before anything runs, naming it ...
+    code, output = run(tmp_path, config=config(inputs=["good.tif", "missing.ome.tif"]),
+                       check=False)
+    assert code != 0 and "input missing.ome.tif: no such file or folder" in output
+    assert "rule " not in output
+    (tmp_path / "good.tif").unlink()  # ... one that disappears after its run keeps its output
     output = run(tmp_path, "-n", config=config(inputs=["good.tif"]))
     assert "good.tif no longer exists; keeping results/good.denoised.ome.zarr" in output
     assert "rule denoise_chunk" not in output and "rule assemble_ome_zarr" not in output
     assert "rule train_groups" not in output
+
+
+def test_results_written_into_the_acquisition_folder_are_never_inputs(tmp_path):
+    folder = tmp_path / "acquired"
+    folder.mkdir()
+    tifffile.imwrite(folder / "day1.tif", CELLS[0, 0], imagej=True, metadata={"axes": "ZYX"})
+    old = time.time() - 86400
+    os.utime(folder / "day1.tif", (old, old))
+    cfg = config(acquisition={"folder": "acquired", "settle_seconds": 0},
+                 output={"root": "acquired"})
+    output = run(tmp_path, config=cfg)
+    assert "assemble_ome_zarr" in output
+    assert (folder / "day1.denoised.ome.zarr").is_dir() and (folder / "qc/report.html").is_file()
+    assert planned(tmp_path, cfg) == {}
 
 
 @pytest.mark.parametrize(

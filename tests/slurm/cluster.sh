@@ -195,6 +195,23 @@ start() {
     sinfo -N -o "%N %P %c %m %G %t" >&2
 }
 
+# Job processes still alive after scancel: proctrack/linuxproc follows parent pids only, so a
+# process that outlives its parent (e.g. a group job's inner Snakemake after a cancel) is no
+# longer signalled by slurmd. Anything started by a job of this cluster (SLURM_JOB_ID and this
+# cluster's SLURM_CONF in its initial environment) is killed.
+kill_escaped_jobs() {
+    local environ pid vars
+    for environ in /proc/[0-9]*/environ; do
+        vars=$(tr '\0' '\n' < "$environ" 2>/dev/null) || continue
+        grep -qx "SLURM_CONF=$DIR/etc/slurm.conf" <<< "$vars" || continue
+        grep -q '^SLURM_JOB_ID=' <<< "$vars" || continue
+        pid=${environ#/proc/}
+        pid=${pid%/environ}
+        kill -9 "$pid" 2>/dev/null && log "killed job process $pid that outlived its job"
+    done
+    return 0
+}
+
 stop() {
     local name pidfile pid
     if [[ -f $DIR/run/slurmctld.pid ]]; then  # jobs first, so that no job step outlives slurmd
@@ -202,6 +219,7 @@ stop() {
             || SLURM_CONF=$DIR/etc/slurm.conf scancel --quiet -u "$(id -un)" 2>/dev/null || true
         sleep 1
     fi
+    kill_escaped_jobs
     for name in "${DAEMONS[@]}"; do
         pidfile=$DIR/run/$name.pid
         [[ -f $pidfile ]] || continue

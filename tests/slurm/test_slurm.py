@@ -211,10 +211,14 @@ def test_denoise_jobs_got_the_gpu_and_others_did_not(slurm_run):
     # What each denoise job saw: recorded in the store's provenance by the chunk jobs.
     denoise_ids = {job["JobID"] for job in rules["denoise_chunk"]}
     for name in ("cells", "tissue"):
-        store = zarr.open_group(str(workdir / "results" / f"{name}.denoised.ome.zarr"), mode="r")
-        record = store.attrs["fm2s"]["workflow"]
+        path = workdir / "results" / f"{name}.denoised.ome.zarr"
+        record = zarr.open_group(str(path), mode="r").attrs["fm2s"]["workflow"]
         assert record["cuda_visible_devices"] == ["0"], record
-        assert set(record["slurm_jobs"]) <= denoise_ids, (record, denoise_ids)
+        assert record["slurm_jobs"] and set(record["slurm_jobs"]) <= denoise_ids, (
+            record, denoise_ids)
+        info = subprocess.run([sys.executable, "-m", "fm2s", "info", str(path)],
+                              capture_output=True, text=True, check=True).stdout
+        assert f"slurm:     jobs {', '.join(record['slurm_jobs'])}" in info, info
     logs = sorted((workdir / "results" / "logs" / "denoise_chunk").rglob("*.log"))
     assert len(logs) == CHUNKS
     logs += sorted((workdir / "results" / "logs" / "train_groups").rglob("*.log"))
@@ -277,8 +281,7 @@ def running_denoise_job(env, timeout=600) -> str:
 def test_scancel_fails_visibly_and_a_rerun_completes(cluster, inputs, local_arrays,
                                                      tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cancelled-run")
-    # --retries 0: the profile resubmits a failed job once, which would hide the cancellation.
-    args = (*PROFILE, "--retries", "0")
+    args = PROFILE  # as shipped: a cancelled job is not resubmitted
     run = snakemake(workdir, inputs, *args, env=cluster, background=True)
     try:
         job = running_denoise_job(cluster)
@@ -292,10 +295,15 @@ def test_scancel_fails_visibly_and_a_rerun_completes(cluster, inputs, local_arra
     assert re.search(rf"{job}.*CANCELLED|CANCELLED.*{job}", output), output[-4000:]
     states = {row["JobID"]: row["State"] for row in sacct(cluster, f"--name={run_id(output)}")}
     assert states[job].startswith("CANCELLED"), states
+    assert not re.search(r"Trying to restart|resubmit", output, re.I), output[-4000:]
+    # The chunks the cancelled group had finished are kept (written whole, then renamed).
+    kept = sorted((workdir / "results/.fm2s/chunks").rglob("chunk-*.npz"))
+    print(f"chunks kept after the cancel: {len(kept)} of {CHUNKS}")
 
     code, rerun = snakemake(workdir, inputs, *args, env=cluster)
     assert code == 0, rerun[-6000:]
-    assert "denoise_chunk" in rerun  # the cancelled chunks ran again
+    redone = set(re.findall(r"output: (results/\.fm2s/chunks/\S+\.npz)", rerun))
+    assert redone and not redone & {str(p.relative_to(workdir)) for p in kept}, (redone, kept)
     for name, expected in local_arrays.items():
         found = store_arrays(workdir / "results" / f"{name}.denoised.ome.zarr")
         assert {p: a.tobytes() for p, a in found.items()} == \

@@ -18,7 +18,14 @@ sys.path.insert(0, workflow.basedir)
 
 import fm2s  # noqa: E402
 from fm2s.chunks import JobPlan, input_stamp, plan_jobs  # noqa: E402
-from fm2s.runconfig import ConfigError, find_inputs, run_settings, settings_folder  # noqa: E402
+from fm2s.runconfig import (  # noqa: E402
+    STORE_SUFFIX,
+    ConfigError,
+    find_inputs,
+    run_settings,
+    settings_folder,
+    vanished_inputs,
+)
 from fm2s.stacks import StackError  # noqa: E402
 
 
@@ -54,7 +61,7 @@ DENOISE_OPTIONS = [
 SETTINGS_FOLDER = settings_folder(SETTINGS, DENOISE["seed"], DENOISE["data_range"])
 OUT = os.path.join(OUTPUT["root"], SETTINGS_FOLDER if OUTPUT["by_settings"] else "")
 OUT = os.path.normpath(OUT)
-STORE = f"{OUT}/{{name}}.denoised.ome.zarr"
+STORE = f"{OUT}/{{name}}{STORE_SUFFIX}"
 CHUNK = f"{OUT}/.fm2s/chunks/{{name}}/chunk-{{chunk}}.npz"
 MODEL = f"{OUT}/.fm2s/models/{{name}}/training-{{training}}.npz"
 FORMAT = f"{OUT}/.fm2s/format/{{name}}.json"
@@ -62,17 +69,12 @@ REPORT = f"{OUT}/qc/report.html"
 
 
 
-def drop_vanished_inputs():
-    """A listed input that no longer exists keeps its earlier output and is left out of the run
-    (one that never produced an output stays in: its job fails with "no such file")."""
-    for name, path in list(INPUTS.items()):
-        store = STORE.format(name=name)
-        if name != DEMO_NAME and not path.exists() and os.path.isdir(store):
-            logger.warning(f"fm2s: {path} no longer exists; keeping {store}")
-            del INPUTS[name]
-
-
-drop_vanished_inputs()
+try:
+    for _name, _path in vanished_inputs(INPUTS, DEMO_NAME, lambda n: STORE.format(name=n)).items():
+        logger.warning(f"fm2s: {_path} no longer exists; keeping {STORE.format(name=_name)}")
+        del INPUTS[_name]
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 
 def log_path(rule, stem):

@@ -10,6 +10,7 @@ sys.stdout = sys.stderr = open(snakemake.log[0], "w")  # noqa: F821, SIM115
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 from fm2s.chunks import reformat_store  # noqa: E402
+from fm2s.outputs import atomic_output  # noqa: E402
 
 p, stamp = snakemake.params, Path(snakemake.output[0])  # noqa: F821
 options = {"levels": p.levels, "ngff_version": p.ngff_version, "tile": p.tile}
@@ -20,6 +21,5 @@ logging.info("%s: %s", snakemake.input.store, "rewritten" if rewritten else "alr
 # it ("not recognized as a component of a Zarr hierarchy") when a reader lists the store's
 # members. Without it Snakemake uses the directory's own mtime, as after a rewrite above.
 (Path(snakemake.input.store) / ".snakemake_timestamp").unlink(missing_ok=True)  # noqa: F821
-tmp = stamp.with_name(f".{stamp.name}.tmp")
-tmp.write_text(json.dumps({**options, "rewritten": rewritten}) + "\n")
-tmp.replace(stamp)
+with atomic_output(stamp, overwrite=True) as tmp:
+    tmp.write_text(json.dumps({**options, "rewritten": rewritten}) + "\n")
