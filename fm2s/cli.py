@@ -113,8 +113,7 @@ def cmd_denoise(args) -> int:
     if not to_store and dst.suffix.lower() not in IMAGE_SUFFIXES:
         raise UsageError(f"{dst}: unsupported file type {dst.suffix!r} for the output; expected "
                          ".png, .tif, .tiff or .ome.zarr")
-    check_writable(dst)
-    if args.save_settings:
+    if args.save_settings:  # the output itself is checked by check_output_path
         check_writable(args.save_settings, what="settings file")
     model, settings, seed, data_range = _model_and_settings(args)
     if args.save_settings:

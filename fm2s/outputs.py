@@ -15,6 +15,7 @@ created or written: a denoising run must not end after hours in a permission err
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import re
 import secrets
@@ -93,7 +94,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     removed = []
     try:
-        siblings = list(path.parent.glob(f".{glob_escape(path.name)}.*"))
+        siblings = list(path.parent.glob(f".{glob.escape(path.name)}.*"))
     except OSError:
         return removed
     for sibling in siblings:
@@ -105,11 +106,6 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         _remove(sibling)
         removed.append(sibling)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    """`name` with glob's special characters escaped."""
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def _remove(path: Path) -> None:
