@@ -466,13 +466,8 @@ def denoise_chunk(
             "fm2s_version": __version__, "slurm_job": slurm_job, "cuda_visible_devices": visible,
         }  # fmt: skip
         try:
-            _write_chunk(output, keys, results, hashes, info, source, model.references)
-            try:
-                check_unchanged(source, stamp)
-            except StackError:
-                output.unlink()
-                raise
-            return output
+            return _write_chunk(output, keys, results, hashes, info, source, model.references,
+                                stamp=stamp)
         except ValueError as exc:
             if isinstance(exc, StackError):
                 raise
@@ -480,7 +475,8 @@ def denoise_chunk(
             raise StackError(msg) from exc
 
 
-def _write_chunk(output: Path, keys, results, hashes, info, source, references=None) -> Path:
+def _write_chunk(output: Path, keys, results, hashes, info, source, references=None, *,
+                 stamp: str | None = None) -> Path:
     # references: ChannelReferences.record() of the models (auto), or None
     """Stream the results into ``output`` (npz) under a temporary name, then rename it."""
     seeds, seconds, plane_infos = [], [], {}
@@ -507,6 +503,8 @@ def _write_chunk(output: Path, keys, results, hashes, info, source, references=N
             member("seconds", np.asarray(seconds, dtype=np.float64))
             member("input_sha256", np.asarray(hashes, dtype="<U64"))
             member("info", np.asarray(json.dumps(info)))
+        if stamp is not None:  # before the rename: a changed input publishes nothing
+            check_unchanged(source, stamp)
     return output
 
 
