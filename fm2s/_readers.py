@@ -198,6 +198,30 @@ class PngSource:
         pass
 
 
+class ArraySource:
+    """An array in memory (numpy, dask, or anything ``np.asarray`` takes per plane), e.g. a
+    napari layer; `axes` names its axes with NGFF letters (``"tczyx"`` or a subset)."""
+
+    def __init__(self, array, axes: str, *, name: str, extra: dict | None = None) -> None:
+        if len(axes) != array.ndim:
+            msg = f"{name}: axes {axes!r} do not match an array of {array.ndim} dimensions"
+            raise StackError(msg)
+        if sorted(set(axes.lower())) != sorted(axes.lower()) or set(axes.lower()) - set("tczyx"):
+            msg = f"{name}: axes {axes!r} must be distinct letters of 'tczyx'"
+            raise StackError(msg)
+        self._array = array
+        self.axes = AxisMap(axes.upper(), array.shape, pages_as="z", path=name)
+        self.metadata = _metadata(
+            name, "array", axes.lower(), array.shape, self.axes, array.dtype, 0, 1, extra or {}
+        )
+
+    def read(self, t: int, c: int, z: int) -> np.ndarray:
+        return self.axes.to_yx(np.asarray(self._array[self.axes.select(t, c, z)]))
+
+    def close(self) -> None:
+        pass
+
+
 class FolderSource:
     """A folder of TIFF (or PNG) files, one time point each, ordered by frame number."""
 

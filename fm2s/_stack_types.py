@@ -78,6 +78,23 @@ class StackMetadata:
     series: int = 0
     n_series: int = 1
 
+    def describe(self) -> list[str]:
+        """What the reader found, as lines of text (for ``fm2s info``)."""
+        t, c, z, y, x = self.shape
+        lines = [
+            f"format:    {self.format}, series {self.series} of {self.n_series}",
+            f"found:     axes {self.axes_found} shape {list(self.shape_found)} {self.dtype}",
+            f"planes:    {t * c * z} of {y} x {x} (t {t}, c {c}, z {z})",
+        ]
+        names = ", ".join(map(str, self.channel_names)) if self.channel_names else "unknown"
+        lines.append(f"channels:  {names}")
+        sizes = [f"{a} {self.pixel_sizes[a]:.6g} {self.units.get(a) or ''}".rstrip()
+                 for a in "zyx" if self.pixel_sizes.get(a)]  # fmt: skip
+        lines.append(f"pixels:    {', '.join(sizes) if sizes else 'sizes unknown'}")
+        if self.time_step and t > 1:
+            lines.append(f"time step: {self.time_step:.6g} {self.time_unit or ''}".rstrip())
+        return lines
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict of all fields."""
         out = asdict(self)

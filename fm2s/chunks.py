@@ -83,7 +83,8 @@ CHUNK_FORMAT = 1
 #: Most planes of a workflow training job (whole groups; see JobPlan).
 TRAINING_JOB_PLANES = 16
 #: Name endings that :func:`stack_name` strips, longest first.
-STACK_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png")
+STACK_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".png", ".czi",
+                  ".nd2", ".lif", ".oib", ".oif")
 _NO_GPU = ("", "-1", "none", "nodevfiles")
 _gpu_locks: list = []  # open lock files of the GPUs this process claimed (see job_device)
 

@@ -322,10 +322,25 @@ def cmd_eval(args) -> int:
 # --- fm2s info ----------------------------------------------------------------------------------
 
 def cmd_info(args) -> int:
+    from ._ngff import PROVENANCE_KEY
     from ._provenance import format_provenance
+    from .stacks import open_stack
 
-    print(format_provenance(args.store))
+    with open_stack(args.store, series=args.series) as stack:
+        meta = stack.metadata
+        ours = meta.format == "ome-zarr" and _has_attribute(args.store, PROVENANCE_KEY)
+    if ours:
+        print(format_provenance(args.store))
+        print("\n".join(["as read:"] + [f"  {line}" for line in meta.describe()]))
+    else:
+        print("\n".join([f"input:     {args.store}", *meta.describe()]))
     return 0
+
+
+def _has_attribute(store: Path, key: str) -> bool:
+    import zarr
+
+    return key in zarr.open_group(str(store), mode="r").attrs
 
 
 # --- fm2s report ---------------------------------------------------------------------------------
@@ -483,8 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "WideField_)")
     p.set_defaults(func=cmd_eval, preset="by-name")
 
-    p = sub.add_parser("info", help="print the provenance of an fm2s OME-Zarr store")
-    p.add_argument("store", type=Path)
+    p = sub.add_parser("info", help="print the provenance of an fm2s OME-Zarr store, or what "
+                       "fm2s reads from any input (format, axes, channels, pixel sizes)")
+    p.add_argument("store", type=Path, metavar="PATH")
+    p.add_argument("--series", type=int, default=0, help="series to describe (default 0)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("report", help="write the QC page of denoised OME-Zarr stores",

@@ -29,7 +29,7 @@ from fm2s.engine import plane_sha256
 from fm2s.ome import OmeZarrWriter, check_output_path
 from fm2s.stacks import PlaneKey, open_stack
 
-__all__ = ["SEED_DERIVATION", "denoise_stack"]
+__all__ = ["SEED_DERIVATION", "denoise_array", "denoise_stack", "iter_denoise_array"]
 
 logger = logging.getLogger(__name__)
 
@@ -267,3 +267,73 @@ def denoise_image_file(
     tiff_input = meta.format in ("tiff", "imagej-tiff", "ome-tiff")
     write_image(output_path, out, overwrite=overwrite, metadata=meta if tiff_input else None)
     return output_path
+
+
+def iter_denoise_array(
+    array,
+    axes: str,
+    *,
+    settings: Any,
+    seed: int = 0,
+    device: str = "auto",
+    data_range: float | None = None,
+    name: str = "array",
+):
+    """Denoise an array in memory plane by plane, with the engine of :func:`denoise_stack`.
+
+    A generator, so that a caller (the napari widget) can show progress and stop between
+    planes. The same pixels, settings and seed give the same result as the same stack read
+    from a file.
+
+    Parameters
+    ----------
+    array : array_like
+        2-D to 5-D image, e.g. a napari layer's data (numpy or dask).
+    axes : str
+        Its axes as NGFF letters, e.g. ``"yx"``, ``"zyx"``, ``"tczyx"``
+        (:func:`fm2s.stacks.stack_from_array`).
+    settings : Settings
+        Effective settings (:func:`fm2s.settings.make_settings`); ``group_size`` 1 trains a
+        network per plane, larger values share one per group.
+    seed, device, data_range
+        As for :func:`denoise_stack`.
+    name : str, optional
+        Names the array in messages.
+
+    Yields
+    ------
+    (index, image, done, total)
+        `index` is the tuple that places the ``(y, x)`` `image` in an array of the input's
+        shape and axes; `done` of `total` planes are finished.
+    """
+    from fm2s.denoise import resolve_device
+    from fm2s.engine import denoise_stack_planes
+    from fm2s.stacks import stack_from_array
+
+    torch_device = resolve_device(device)
+    with stack_from_array(array, axes, name=name) as stack:
+        axis_map = stack._source.axes
+        total = len(stack.plane_keys())
+        planes = denoise_stack_planes(stack, settings, seed=seed, data_range=data_range,
+                                      device=torch_device)
+        for done, (key, result) in enumerate(planes, 1):
+            yield axis_map.select(*key), axis_map.to_yx(result.image), done, total
+
+
+def denoise_array(array, axes: str, *, settings: Any, **kwargs) -> np.ndarray:
+    """Denoise an array in memory; returns an array of its shape and dtype.
+
+    Parameters are those of :func:`iter_denoise_array`.
+
+    Examples
+    --------
+    >>> from fm2s.settings import make_settings
+    >>> noisy = np.random.default_rng(0).poisson(20, (2, 64, 64)).astype(np.uint8)
+    >>> clean = denoise_array(noisy, "zyx", settings=make_settings(steps=20))
+    >>> clean.shape, clean.dtype
+    ((2, 64, 64), dtype('uint8'))
+    """
+    out = np.empty(np.shape(array), dtype=np.asarray(array[(0,) * np.ndim(array)]).dtype)
+    for index, image, _, _ in iter_denoise_array(array, axes, settings=settings, **kwargs):
+        out[index] = image
+    return out

@@ -11,7 +11,13 @@ path                      read as                          ``metadata.format``
 ``*.png``                 single plane (RGB -> c)          ``"png"``
 ``*.zarr`` or Zarr group  OME-Zarr NGFF 0.4 / 0.5, level 0 ``"ome-zarr"``
 folder of TIFF/PNG files  one time point per file          ``"tiff-series"``
+``*.czi``                 Zeiss CZI, one scene at a time   ``"czi"``
+``*.nd2``                 Nikon ND2, one position          ``"nd2"``
+``*.lif``                 Leica LIF, one image             ``"lif"``
+``*.oib``, ``*.oif``      Olympus FluoView                 ``"oib"``, ``"oif"``
 ========================  ===============================  ====================
+
+The vendor formats need the ``vendor`` extra (:mod:`fm2s._vendor`).
 
 Samples (``S``, e.g. RGB) become channels; generic page axes (``I``, ``Q``) become
 ``pages_as`` (``"z"`` by default); other axes of size 1 are dropped and any other
@@ -34,7 +40,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from fm2s import _ngff, _readers
+from fm2s import _ngff, _readers, _vendor
 from fm2s._stack_types import (
     PNG_SUFFIXES,
     TIFF_SUFFIXES,
@@ -58,6 +64,7 @@ __all__ = [
     "list_planes",
     "open_stack",
     "read_plane",
+    "stack_from_array",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,10 +119,11 @@ def open_stack(
     Parameters
     ----------
     path : str or Path
-        OME-TIFF, ImageJ or plain TIFF, PNG, OME-Zarr store (NGFF 0.4 or 0.5), or a
-        folder of per-time-point TIFF files.
+        OME-TIFF, ImageJ or plain TIFF, PNG, OME-Zarr store (NGFF 0.4 or 0.5), a
+        folder of per-time-point TIFF files, or a CZI, ND2, LIF, OIB or OIF file.
     series : int, optional
-        Series (OME-TIFF image, TIFF series, or OME-Zarr image) to open.
+        Series (OME-TIFF image, TIFF series, OME-Zarr image, CZI scene, ND2 position,
+        LIF image) to open.
     pages_as : {"z", "t"}, optional
         Axis that generic TIFF pages (tifffile axes ``I``/``Q``) become.
 
@@ -150,9 +158,57 @@ def open_stack(
         msg = f"{path}: series must be a non-negative int, got {series!r}"
         raise StackError(msg)
     source = _open_source(path, series=series, pages_as=pages_as)
-    meta = source.metadata
     try:
         token = tokenize(str(path.resolve()), path.stat().st_mtime_ns, series, pages_as)
+    except BaseException:
+        source.close()
+        raise
+    return _stack_of(source, token)
+
+
+def stack_from_array(
+    array,
+    axes: str,
+    *,
+    name: str = "array",
+    pixel_sizes: dict[str, float | None] | None = None,
+    channel_names: list[str] | None = None,
+) -> Stack:
+    """Wrap an array in memory (numpy or dask, e.g. a napari layer's data) as a stack.
+
+    The engine then treats it exactly as a file: same groups, seeds and results as the same
+    pixels read by :func:`open_stack`.
+
+    Parameters
+    ----------
+    array : array_like
+        2-D to 5-D; indexed plane by plane, so a dask array is read lazily.
+    axes : str
+        One NGFF letter per axis of `array`, a subset of ``"tczyx"`` in any order, e.g.
+        ``"zyx"`` or ``"tcyx"``; must contain ``y`` and ``x``.
+    name : str, optional
+        Stands for the path in messages and provenance.
+    pixel_sizes : dict, optional
+        Physical sizes (micrometers) keyed ``"z"``, ``"y"``, ``"x"``.
+    channel_names : list of str, optional
+        One name per channel.
+
+    Raises
+    ------
+    StackError
+        If `axes` do not fit `array`.
+    """
+    extra = {"channel_names": channel_names}
+    if pixel_sizes:
+        extra["pixel_sizes"] = dict(pixel_sizes)
+        extra["units"] = {a: "micrometer" for a, v in pixel_sizes.items() if v}
+    source = _readers.ArraySource(array, axes, name=name, extra=extra)
+    return _stack_of(source, tokenize(name, id(array), axes))
+
+
+def _stack_of(source, token: str) -> Stack:
+    meta = source.metadata
+    try:
         data = da.from_array(
             _PlaneArray(source, meta),
             chunks=(1, 1, 1, meta.shape[3], meta.shape[4]),
@@ -162,7 +218,7 @@ def open_stack(
     except BaseException:
         source.close()
         raise
-    logger.debug("opened %s as %s %s %s", path, meta.format, meta.shape, meta.dtype)
+    logger.debug("opened %s as %s %s %s", meta.path, meta.format, meta.shape, meta.dtype)
     return Stack(data=data, metadata=meta, _source=source)
 
 
@@ -208,9 +264,12 @@ def _open_source(path: Path, *, series: int, pages_as: str):
         return _readers.TiffSource(path, series=series, pages_as=pages_as)
     if name.endswith(PNG_SUFFIXES):
         return _readers.PngSource(path, series=series, pages_as=pages_as)
+    if _vendor.vendor_format(path):
+        return _vendor.open_vendor(path, series=series, pages_as=pages_as)
     msg = (
         f"{path}: unsupported file type {path.suffix!r}; expected a TIFF (.tif, .tiff, "
-        ".ome.tif), a PNG, an OME-Zarr store (.zarr) or a folder of TIFF files"
+        ".ome.tif), a PNG, an OME-Zarr store (.zarr), a folder of TIFF files or a "
+        "microscope's own file (.czi, .nd2, .lif, .oib, .oif)"
     )
     raise StackError(msg)
 

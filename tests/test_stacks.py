@@ -217,9 +217,10 @@ def test_missing_file(tmp_path):
 
 
 def test_unsupported_extension(tmp_path):
-    (tmp_path / "image.czi").write_bytes(b"ZISRAWFILE")
-    with pytest.raises(StackError, match=r"image\.czi: unsupported file type '\.czi'"):
-        open_stack(tmp_path / "image.czi")
+    (tmp_path / "image.vsi").write_bytes(b"II*\x00")
+    with pytest.raises(StackError, match=r"image\.vsi: unsupported file type '\.vsi'; "
+                                         r"expected a TIFF .* \(\.czi, \.nd2, \.lif, \.oib"):
+        open_stack(tmp_path / "image.vsi")
 
 
 def test_corrupt_and_truncated_tiff(tmp_path):
