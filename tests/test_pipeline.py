@@ -14,7 +14,7 @@ from ome_zarr.reader import Reader
 from fm2s._provenance import provenance
 from fm2s.denoise import PlaneResult, denoise_planes
 from fm2s.ome import OutputExistsError, open_ome_zarr, write_ome_zarr
-from fm2s.pipeline import denoise_stack
+from fm2s.pipeline import denoise_array, denoise_stack
 from fm2s.settings import make_settings
 from fm2s.stacks import StackError, open_stack
 
@@ -82,6 +82,19 @@ def fake_engine(stack, settings, *, on_plane, **kwargs):
         plane = stack.read_plane(key)
         on_plane(key, plane)
         yield key, PlaneResult(np.array(plane), 0.0, 0, key, 1.0)
+
+
+def test_an_array_in_memory_gives_the_pixels_of_the_same_stack_in_a_file(tmp_path, tiny):
+    source = write_source(tmp_path / "in.ome.tif")
+    out = denoise_stack(source, tmp_path / "out.ome.zarr", settings=tiny, seed=3, device="cpu",
+                        progress=False)
+    from_file = open_ome_zarr(out)[0][0].compute()
+    # the napari widget's path: any axis order, the result in the array's own layout
+    in_memory = denoise_array(NOISY[0].transpose(1, 0, 2, 3), "zcyx", settings=tiny, seed=3,
+                              device="cpu")
+    np.testing.assert_array_equal(in_memory.transpose(1, 0, 2, 3), from_file[0])
+    with pytest.raises(StackError, match=r"array: axes 'zyx' do not match an array of 4"):
+        denoise_array(NOISY[0], "zyx", settings=tiny)
 
 
 def test_memory_stays_at_a_few_planes(tmp_path, monkeypatch, tiny):
