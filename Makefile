@@ -22,5 +22,6 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check fm2s tests benchmarks tools
+	$(BIN)/snakefmt --check Snakefile workflow/
 	$(BIN)/python -m pytest -q -m "not slurm"
 	$(BIN)/python -m pytest -q -m slurm -rs

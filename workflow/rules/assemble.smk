@@ -10,6 +10,15 @@ rule assemble_ome_zarr:
         chunks=chunk_files,
     output:
         directory(STORE),
+    log:
+        log_path("assemble_ome_zarr", "{name}"),
+    benchmark:
+        benchmark_path("assemble_ome_zarr", "{name}")
+    conda:
+        "../../envs/fm2s.yaml"
+    resources:
+        mem_mb=OUTPUT["mem_mb"],
+        runtime=OUTPUT["runtime"],
     params:
         source=source_path,
         settings=SETTINGS.to_json(),
@@ -20,15 +29,6 @@ rule assemble_ome_zarr:
         fm2s_version=fm2s.__version__,
         input_stamp=source_stamp,
         planes_per_job=PLANES_PER_JOB,
-    log:
-        log_path("assemble_ome_zarr", "{name}"),
-    benchmark:
-        benchmark_path("assemble_ome_zarr", "{name}")
-    resources:
-        mem_mb=OUTPUT["mem_mb"],
-        runtime=OUTPUT["runtime"],
-    conda:
-        "../../envs/fm2s.yaml"
     script:
         "../scripts/assemble_ome_zarr.py"
 
@@ -38,18 +38,18 @@ rule reformat_ome_zarr:
         store=rules.assemble_ome_zarr.output[0],
     output:
         FORMAT,
-    params:
-        levels=OUTPUT["levels"],
-        ngff_version=OUTPUT["ngff_version"],
-        tile=OUTPUT["tile"],
     log:
         log_path("reformat_ome_zarr", "{name}"),
     benchmark:
         benchmark_path("reformat_ome_zarr", "{name}")
+    conda:
+        "../../envs/fm2s.yaml"
     resources:
         mem_mb=OUTPUT["mem_mb"],
         runtime=OUTPUT["runtime"],
-    conda:
-        "../../envs/fm2s.yaml"
+    params:
+        levels=OUTPUT["levels"],
+        ngff_version=OUTPUT["ngff_version"],
+        tile=OUTPUT["tile"],
     script:
         "../scripts/reformat_ome_zarr.py"

@@ -28,7 +28,6 @@ from fm2s.runconfig import (  # noqa: E402
 )
 from fm2s.stacks import StackError  # noqa: E402
 
-
 validate(config, "../schemas/config.schema.yaml")
 
 DENOISE, OUTPUT, DEMO = config["denoise"], config["output"], config["demo"]
@@ -66,7 +65,6 @@ CHUNK = f"{OUT}/.fm2s/chunks/{{name}}/chunk-{{chunk}}.npz"
 MODEL = f"{OUT}/.fm2s/models/{{name}}/training-{{training}}.npz"
 FORMAT = f"{OUT}/.fm2s/format/{{name}}.json"
 REPORT = f"{OUT}/qc/report.html"
-
 
 
 try:
@@ -113,12 +111,18 @@ def job_plan(name):
     An input whose headers cannot be read gets one training job, which fails with the
     reader's error (logged here), while the other inputs go on."""
     if name == DEMO_NAME:
-        keys = [(t, c, z) for t in range(DEMO["t"]) for c in range(DEMO["c"])
-                for z in range(DEMO["z"])]
+        keys = [
+            (t, c, z) for t in range(DEMO["t"]) for c in range(DEMO["c"]) for z in range(DEMO["z"])
+        ]
         return JobPlan.of(keys, (DEMO["size"], DEMO["size"]), SETTINGS, PLANES_PER_JOB)
     try:
-        return plan_jobs(INPUTS[name], SETTINGS, PLANES_PER_JOB, series=READING["series"],
-                         pages_as=READING["pages_as"])
+        return plan_jobs(
+            INPUTS[name],
+            SETTINGS,
+            PLANES_PER_JOB,
+            series=READING["series"],
+            pages_as=READING["pages_as"],
+        )
     except StackError as error:
         logger.warning(f"fm2s: {error}; its training job will fail with this error")
         return JobPlan.unreadable()
@@ -160,8 +164,10 @@ def training_planes(wildcards):
     plan = job_plan(wildcards.name)
     if not plan.readable:
         return ["unreadable"]
-    return [" ".join(key.label for key in plan.groups[g].keys)
-            for g in plan.trainings[int(wildcards.training)]]
+    return [
+        " ".join(key.label for key in plan.groups[g].keys)
+        for g in plan.trainings[int(wildcards.training)]
+    ]
 
 
 @functools.cache

@@ -12,6 +12,17 @@ rule train_groups:
         source_input,
     output:
         MODEL,
+    log:
+        log_path("train_groups", "{name}/training-{training}"),
+    benchmark:
+        benchmark_path("train_groups", "{name}/training-{training}")
+    conda:
+        "../../envs/fm2s.yaml"
+    threads: DENOISE["threads"]
+    resources:
+        gpu=DENOISE["gpu"],
+        mem_mb=DENOISE["mem_mb"],
+        runtime=DENOISE["runtime"],
     params:
         # What decides the model: changing any of these retrains it (and what depends on it).
         source=source_path,
@@ -21,17 +32,6 @@ rule train_groups:
         options=DENOISE_OPTIONS,
         fm2s_version=fm2s.__version__,
         input_stamp=source_stamp,
-    log:
-        log_path("train_groups", "{name}/training-{training}"),
-    benchmark:
-        benchmark_path("train_groups", "{name}/training-{training}")
-    threads: DENOISE["threads"]
-    resources:
-        gpu=DENOISE["gpu"],
-        mem_mb=DENOISE["mem_mb"],
-        runtime=DENOISE["runtime"],
-    conda:
-        "../../envs/fm2s.yaml"
     script:
         "../scripts/train_groups.py"
 
@@ -42,6 +42,17 @@ rule denoise_chunk:
         models=chunk_models,
     output:
         temp(CHUNK),
+    log:
+        log_path("denoise_chunk", "{name}/chunk-{chunk}"),
+    benchmark:
+        benchmark_path("denoise_chunk", "{name}/chunk-{chunk}")
+    conda:
+        "../../envs/fm2s.yaml"
+    threads: DENOISE["threads"]
+    resources:
+        gpu=DENOISE["gpu"],
+        mem_mb=DENOISE["mem_mb"],
+        runtime=DENOISE["runtime"],
     params:
         # What decides the result besides the models: changing any of these reruns the chunk.
         source=source_path,
@@ -50,16 +61,5 @@ rule denoise_chunk:
         options=DENOISE_OPTIONS,
         fm2s_version=fm2s.__version__,
         input_stamp=source_stamp,
-    log:
-        log_path("denoise_chunk", "{name}/chunk-{chunk}"),
-    benchmark:
-        benchmark_path("denoise_chunk", "{name}/chunk-{chunk}")
-    threads: DENOISE["threads"]
-    resources:
-        gpu=DENOISE["gpu"],
-        mem_mb=DENOISE["mem_mb"],
-        runtime=DENOISE["runtime"],
-    conda:
-        "../../envs/fm2s.yaml"
     script:
         "../scripts/denoise_chunk.py"

@@ -16,6 +16,15 @@ rule qc_report:
             category="QC",
             labels={"page": "QC report"},
         ),
+    log:
+        log_path("qc_report", "qc_report"),
+    benchmark:
+        benchmark_path("qc_report", "qc_report")
+    conda:
+        "../../envs/fm2s.yaml"
+    resources:
+        mem_mb=QC["mem_mb"],
+        runtime=QC["runtime"],
     params:
         stores={name: STORE.format(name=name) for name in INPUTS},
         sources={name: str(path) for name, path in INPUTS.items()},
@@ -34,14 +43,5 @@ rule qc_report:
             ]
             for name in INPUTS
         },
-    log:
-        log_path("qc_report", "qc_report"),
-    benchmark:
-        benchmark_path("qc_report", "qc_report")
-    resources:
-        mem_mb=QC["mem_mb"],
-        runtime=QC["runtime"],
-    conda:
-        "../../envs/fm2s.yaml"
     script:
         "../scripts/qc_report.py"

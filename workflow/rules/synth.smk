@@ -4,8 +4,6 @@
 rule synth_demo:
     output:
         DEMO["path"],
-    params:
-        options=[f"--{key}={DEMO[key]}" for key in ("t", "c", "z", "size", "seed")],
     log:
         log_path("synth_demo", "demo"),
     benchmark:
@@ -13,5 +11,7 @@ rule synth_demo:
     localrule: True
     conda:
         "../../envs/fm2s.yaml"
+    params:
+        options=[f"--{key}={DEMO[key]}" for key in ("t", "c", "z", "size", "seed")],
     script:
         "../scripts/synth_demo.py"
