@@ -3,16 +3,19 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 from schema_table import END, START, replace_block, schema_table  # noqa: E402
 
 
-def test_config_table_matches_the_schema():
-    text = (REPO / "README.md").read_text()
-    assert START in text and END in text, "README.md lost its config-table markers"
+@pytest.mark.parametrize("name", ["README.md", "config/README.md"])
+def test_config_table_matches_the_schema(name):
+    text = (REPO / name).read_text()
+    assert START in text and END in text, f"{name} lost its config-table markers"
     assert replace_block(text, schema_table()) == text, (
-        "README.md: run python tools/schema_table.py --write README.md")
+        f"{name}: run python tools/schema_table.py --write {name}")
 
 
 def test_every_schema_option_is_a_row():
