@@ -138,7 +138,7 @@ def test_demo_page_is_in_the_snakemake_report_and_rerun_does_nothing(demo_run):
     assert "Nothing to be done" in run_snakemake(demo_run, "-n")
     run_snakemake(demo_run, "--report", "snakemake-report.html")
     text = (demo_run / "snakemake-report.html").read_text()
-    assert "QC page of this run" in text and "report.html" in text
+    assert "fm2s.report.write_run_report" in text and "report.html" in text
 
 
 def test_report_of_a_single_plane_and_sampled_noise_planes(tmp_path):
