@@ -5,7 +5,7 @@ suffix     microscope                  read with
 =========  ==========================  ==========================================
 ``.czi``   Zeiss (ZEN)                 ``pylibCZIrw`` pixels, ``bioio-czi`` metadata
 ``.nd2``   Nikon (NIS-Elements)        ``bioio-nd2`` (``nd2``)
-``.lif``   Leica (LAS X)               ``bioio-lif`` (``liffile``)
+``.lif``   Leica (LAS X)               ``bioio-lif`` (``liffile`` for the time step)
 ``.oib``   Olympus FluoView            ``oiffile``
 ``.oif``   Olympus FluoView            ``oiffile`` (the ``.oif`` file beside its
                                        ``.oif.files`` folder)
@@ -136,6 +136,8 @@ class BioioSource:
             extra = _bioio_extra(path, self._image, self.axes.shape5)
             if fmt == "nd2" and "time_step" not in extra:
                 extra.update(_nd2_time_step(path, series))
+            if fmt == "lif" and "time_step" not in extra:
+                extra.update(_lif_time_step(path, scenes[series]))
             self.metadata = _metadata(path, fmt, order, self._data.shape, self.axes,
                                       self._data.dtype, series, len(scenes), extra)
         except BaseException:
@@ -168,6 +170,22 @@ def _nd2_time_step(path: Path, series: int) -> dict:
         return None
 
     seconds = _guarded(path, "time interval", period)
+    return {"time_step": seconds, "time_unit": "second"} if seconds else {}
+
+
+def _lif_time_step(path: Path, scene: str) -> dict:
+    """The mean time step of a LIF image from liffile's T coordinates (bioio-lif 2.0.1 does
+    not report it)."""
+    import liffile
+
+    def step() -> float | None:
+        with liffile.LifFile(path) as f:
+            for image in f.images:
+                if image.name == scene and "T" in image.coords and len(image.coords["T"]) > 1:
+                    return _positive(float(np.mean(np.diff(image.coords["T"]))))
+        return None
+
+    seconds = _guarded(path, "time interval", step)
     return {"time_step": seconds, "time_unit": "second"} if seconds else {}
 
 

@@ -51,7 +51,8 @@ EXPECTED = {
         ((1, 1, 11, 128, 128), "uint16", ["FITC BP"], (6.0, 0.323390, 0.323390), None, 1),
     # 4 mosaic tiles of 64 x 64 stitched; its z step is -6.23 um in the file
     f"{VENDOR}/PR2729_frameOrderCombinedScanTypes.lif":
-        ((2, 2, 3, 127, 127), "uint8", ["Green", "Red"], (6.227615, 3.968254, 3.968254), None, 1),
+        ((2, 2, 3, 127, 127), "uint8", ["Green", "Red"], (6.227615, 3.968254, 3.968254), 8.271,
+         1),
     f"{VENDOR}/test.oib":
         ((1, 3, 1, 256, 256), "uint16", ["CH1", "CH2", "TD1"], (None, 0.177, 0.177), None, 1),
 }
