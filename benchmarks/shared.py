@@ -191,9 +191,9 @@ def speed(args) -> None:
     from fm2s.synthetic import clean_plane, noisy_plane
 
     print(f"device {args.device}, {args.threads} CPU threads")
-    print("| size | planes | method | s/plane | read | estimate+prepare | train | apply "
-          "| networks (shared+own) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| size | planes | method | s/plane | planes/s | read | estimate+prepare | train "
+          "| apply | networks (shared+own) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for size in map(int, args.sizes.split(",")):
             clean = args.offset + (1 - args.offset) * clean_plane((size, size), seed=3)
@@ -207,6 +207,7 @@ def speed(args) -> None:
                     t = timed_parts(path, method, args.threads, args.device)
                     cells = " | ".join(f"{t[k] / count:.3f}" for k in
                                        ("total", "read", "estimate", "train", "apply"))
+                    cells = cells.replace(" | ", f" | {count / t['total']:.2f} | ", 1)
                     print(f"| {size} | {count} | {method} | {cells} | {t['networks']} |",
                           flush=True)
 

@@ -38,7 +38,7 @@ from .intensity import (
 from .model import FM2SNet
 from .noise import correlate_rows, correlated_normal, median_target, region_means
 from .settings import Settings, make_settings
-from .train import TrainingSet, extract_model, fit, group_key, predict
+from .train import TrainingSet, extract_model, fit, group_key, predict, predict_batch
 
 __all__ = ["PlaneResult", "denoise", "denoise_planes", "iter_denoise_planes", "plane_seed",
            "resolve_device", "sure_blend_weight", "training_boost"]
@@ -308,20 +308,38 @@ def sure_blend_weight(net, noisy: np.ndarray, clean: np.ndarray, settings: Setti
     ``p . (f(y + eps p) - f(y)) / eps``. The network's dependence on the plane through its
     training target is neglected. Returns 1 when the model has no noise (nothing to weigh).
     """
+    probe = sure_probe(clean, settings, quantization_var, seed)
+    moved = predict(net, (noisy + SURE_EPS * probe).astype(np.float32), device,
+                    turn_average=settings.turn_average)
+    return sure_weight(noisy, clean, probe, moved, settings, quantization_var)
+
+
+#: Size of the SURE probe's step, in noise standard deviations: small enough for a local
+#: slope, large enough for float32.
+SURE_EPS = 0.1
+
+
+def sure_probe(clean: np.ndarray, settings: Settings, quantization_var: float,
+               seed: int) -> np.ndarray:
+    """The probe ``p ~ N(0, C)`` of :func:`sure_blend_weight` (float64, the plane's shape)."""
+    variance = np.maximum(settings.gain * clean.astype(np.float64) + settings.read_var, 0.0)
+    gen = torch.Generator().manual_seed(seed ^ 0xB1E4D)
+    probe = correlate_rows(correlated_normal(clean.shape, settings.noise_corr, generator=gen),
+                           settings.noise_line_corr, settings.noise_corr).numpy()
+    probe = probe.astype(np.float64) * np.sqrt(variance)
+    probe += np.sqrt(quantization_var) * torch.randn(clean.shape, generator=gen).numpy()
+    return probe
+
+
+def sure_weight(noisy: np.ndarray, clean: np.ndarray, probe: np.ndarray, moved: np.ndarray,
+                settings: Settings, quantization_var: float) -> float:
+    """:func:`sure_blend_weight` from the network's output on ``noisy + SURE_EPS * probe``."""
     variance = np.maximum(settings.gain * clean.astype(np.float64) + settings.read_var, 0.0)
     total = float(variance.sum() + quantization_var * variance.size)
     residual = float(((noisy.astype(np.float64) - clean) ** 2).sum())
     if total <= 0 or residual <= 0:
         return 1.0
-    gen = torch.Generator().manual_seed(seed ^ 0xB1E4D)
-    probe = correlate_rows(correlated_normal(noisy.shape, settings.noise_corr, generator=gen),
-                           settings.noise_line_corr, settings.noise_corr).numpy()
-    probe = probe.astype(np.float64) * np.sqrt(variance)
-    probe += np.sqrt(quantization_var) * torch.randn(noisy.shape, generator=gen).numpy()
-    eps = 0.1  # a tenth of the noise: small enough for a local slope, large enough for float32
-    moved = predict(net, (noisy + eps * probe).astype(np.float32), device,
-                    turn_average=settings.turn_average)
-    trace = float((probe * (moved.astype(np.float64) - clean)).sum() / eps)
+    trace = float((probe * (moved.astype(np.float64) - clean)).sum() / SURE_EPS)
     weight = (total - trace) / residual
     return float(np.clip(weight, 0.0, 1.0)) if np.isfinite(weight) else 1.0
 
@@ -426,6 +444,18 @@ def _fit_units(members, device):
         yield slot, network
 
 
+def inference_batch(device: torch.device, plane_shape: tuple[int, int]) -> int:
+    """Planes applied together in one forward pass on `device` (one at a time on a CPU).
+
+    On CUDA, up to ``CUDA_GROUP_SIZE`` planes, fewer for planes so large that a batch would
+    exceed 2^24 pixels (4 planes of 2048 x 2048). Every pass is padded to this size
+    (:func:`fm2s.train.predict_batch`), so the kernels do not depend on the batch's content.
+    """
+    if device.type != "cuda":
+        return 1
+    return max(1, min(CUDA_GROUP_SIZE, (1 << 24) // max(1, plane_shape[0] * plane_shape[1])))
+
+
 def apply_network(network: Network, prepared: PreparedPlane, seed: int,
                   device: torch.device) -> PlaneResult:
     """Denoise one plane with a trained network (and the SURE blend of its settings).
@@ -433,21 +463,41 @@ def apply_network(network: Network, prepared: PreparedPlane, seed: int,
     `seed` is the plane's own seed (the blend's probe). ``seconds`` of the result is the
     inference time; callers add their share of training.
     """
+    return apply_network_batch(network, [prepared], [seed], device)[0]
+
+
+def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds: Sequence[int],
+                        device: torch.device, batch: int | None = None) -> list[PlaneResult]:
+    """:func:`apply_network` for planes of one shape, in one forward pass (and one more for
+    the blend's probes), padded to `batch` planes (:func:`inference_batch`).
+
+    Each plane's result is the one :func:`apply_network` gives it alone; ``seconds`` is its
+    share of the batch's time.
+    """
     began = time.perf_counter()
-    boost, settings, info = network.boost, _scaled(network.settings, network.boost), prepared.info
-    work = prepared.noisy * np.float32(boost)
-    clean = predict(network.model, work, device,
-                    turn_average=settings.turn_average).astype(np.float64)
+    boost, settings = network.boost, _scaled(network.settings, network.boost)
+    works = np.stack([p.noisy * np.float32(boost) for p in planes])
+    cleans = predict_batch(network.model, works, device, turn_average=settings.turn_average,
+                           batch=batch).astype(np.float64)
+    infos = [p.info for p in planes]
     if settings.blend == "sure":
         # On the boosted scale, where the settings' noise model holds; w is scale-free.
-        quant = boost**2 * rounding_variance(prepared.plane, prepared.scale)
-        weight = sure_blend_weight(network.model, work, clean, settings, quant, seed, device)
-        clean = weight * clean + (1.0 - weight) * work
-        info = {**(info or {"settings": network.settings.to_dict()}),
-                "blend": float(f"{weight:.6g}")}
-    image = to_dtype(clean / boost * prepared.scale, prepared.plane.dtype)
-    return PlaneResult(image, time.perf_counter() - began, seed, prepared.key, prepared.scale,
-                       info)
+        quants = [boost**2 * rounding_variance(p.plane, p.scale) for p in planes]
+        probes = [sure_probe(clean, settings, quant, seed)
+                  for clean, quant, seed in zip(cleans, quants, seeds, strict=True)]
+        moved = predict_batch(network.model,
+                              np.stack([(w + SURE_EPS * p).astype(np.float32)
+                                        for w, p in zip(works, probes, strict=True)]),
+                              device, turn_average=settings.turn_average, batch=batch)
+        for i in range(len(planes)):
+            weight = sure_weight(works[i], cleans[i], probes[i], moved[i], settings, quants[i])
+            cleans[i] = weight * cleans[i] + (1.0 - weight) * works[i]
+            infos[i] = {**(infos[i] or {"settings": network.settings.to_dict()}),
+                        "blend": float(f"{weight:.6g}")}
+    seconds = (time.perf_counter() - began) / len(planes)
+    return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
+                        p.scale, info)
+            for clean, p, seed, info in zip(cleans, planes, seeds, infos, strict=True)]
 
 
 def constant_result(prepared: PreparedPlane, seed: int) -> PlaneResult:

@@ -47,8 +47,9 @@ from .denoise import (
     PlaneResult,
     PreparedPlane,
     TrainingUnit,
-    apply_network,
+    apply_network_batch,
     constant_result,
+    inference_batch,
     pack_size,
     plane_seed,
     prepare_plane,
@@ -430,6 +431,10 @@ def apply_model(
     shared network of its channel nearest in plane order, or its channel's nearest own
     network where there is no shared one; ``info["model_source"]`` then says so.
 
+    On CUDA, the planes read together (:func:`fm2s.denoise.inference_batch`: 16 planes of up
+    to 1024 x 1024, fewer of larger ones) that share a network are applied in one forward
+    pass; on a CPU, one plane at a time. Either way each plane gets the result it gets alone.
+
     Parameters
     ----------
     stack : Stack
@@ -446,37 +451,58 @@ def apply_model(
         ``seconds``: the plane's inference plus its share of its network's training;
         ``info``: the plane's ``auto`` info plus ``network`` and ``network_digest``.
     """
-    path = stack.metadata.path
     keys = [PlaneKey(*map(int, k)) for k in (stack.plane_keys() if keys is None else keys)]
-    settings = model.settings
-    warn = LowRangeWarning(settings, model.data_range)
-    for key in keys:
-        plane = stack.read_plane(key)
-        if on_plane is not None:
-            on_plane(key, plane)
-        entry = model.planes.get(key.label)
-        exact = entry is not None and entry["input_sha256"] == plane_sha256(plane)
-        name = entry["network"] if exact else _nearest_network(model, key, path)
-        network = model.networks.get(name) if name is not None else None
-        try:
-            prepared = prepare_plane(plane, network.settings if network else settings,
-                                     tuple(key), data_range=model.data_range,
-                                     what=f"plane t,c,z={key.label}", warn=warn)
-        except ValueError as exc:
-            msg = f"{path}: cannot denoise: {exc}"
-            raise StackError(msg) from exc
-        info = entry["info"] if exact else _reuse_info(model, name, network)
-        prepared.info = info
+    warn = LowRangeWarning(model.settings, model.data_range)
+    batch = inference_batch(device, stack.metadata.shape[3:])
+    for start in range(0, len(keys), batch):
+        planes = [_prepare_for(stack, model, key, warn, on_plane)
+                  for key in keys[start:start + batch]]
+        yield from _apply_batch(planes, model, device, batch)
+
+
+def _prepare_for(stack, model: StackModel, key: PlaneKey, warn, on_plane):
+    """Read a plane and find its network; ``(key, name, network, PreparedPlane)``."""
+    path = stack.metadata.path
+    plane = stack.read_plane(key)
+    if on_plane is not None:
+        on_plane(key, plane)
+    entry = model.planes.get(key.label)
+    exact = entry is not None and entry["input_sha256"] == plane_sha256(plane)
+    name = entry["network"] if exact else _nearest_network(model, key, path)
+    network = model.networks.get(name) if name is not None else None
+    try:
+        prepared = prepare_plane(plane, network.settings if network else model.settings,
+                                 tuple(key), data_range=model.data_range,
+                                 what=f"plane t,c,z={key.label}", warn=warn)
+    except ValueError as exc:
+        msg = f"{path}: cannot denoise: {exc}"
+        raise StackError(msg) from exc
+    prepared.info = entry["info"] if exact else _reuse_info(model, name, network)
+    return key, name, network, prepared
+
+
+def _apply_batch(planes, model: StackModel, device, batch: int) -> list[PlaneResult]:
+    """Results of prepared planes, in order; the planes of one network in one pass."""
+    results: list[PlaneResult | None] = [None] * len(planes)
+    by_network: dict[str, list[int]] = {}
+    for i, (_, name, network, prepared) in enumerate(planes):
         if network is None or prepared.constant:
-            result = constant_result(prepared, model.seed)
+            results[i] = constant_result(prepared, model.seed)
         else:
-            result = apply_network(network, prepared, plane_seed(model.seed, tuple(key)),
-                                   device)
+            by_network.setdefault(name, []).append(i)
+    for name, members in by_network.items():
+        network = model.networks[name]
+        outputs = apply_network_batch(
+            network, [planes[i][3] for i in members],
+            [plane_seed(model.seed, tuple(planes[i][0])) for i in members], device, batch)
+        for i, result in zip(members, outputs, strict=True):
             result.seconds += network.seconds / max(1, len(network.trained_on))
+            results[i] = result
+    for (_, name, _, _), result in zip(planes, results, strict=True):
         if name is not None:
             result.info = {**(result.info or {}), "network": name,
                            "network_digest": model.network_info[name]["digest"]}
-        yield result
+    return results
 
 
 def _nearest_network(model: StackModel, key: PlaneKey, path: str) -> str:

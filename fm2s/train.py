@@ -24,7 +24,8 @@ from .model import FM2SNet
 from .noise import synthesize, synthesize_poisson_gaussian
 from .settings import Settings
 
-__all__ = ["TrainingSet", "extract_model", "fit", "learning_rate", "predict", "uses_bfloat16"]
+__all__ = ["TrainingSet", "extract_model", "fit", "learning_rate", "predict", "predict_batch",
+           "uses_bfloat16"]
 
 
 @dataclass
@@ -260,29 +261,58 @@ def predict(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int = 5
     -------
     ndarray (Y, X) of float32
     """
-    result = _predict_tiled(net, noisy, device, tile)
+    return predict_batch(net, noisy[None], device, tile=tile, turn_average=turn_average)[0]
+
+
+def predict_batch(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int = 512,
+                  turn_average: bool = False, batch: int | None = None) -> np.ndarray:
+    """:func:`predict` for planes of one shape, in one forward pass per tile.
+
+    Parameters
+    ----------
+    net : FM2SNet
+        A single model.
+    noisy : ndarray (N, Y, X) of float32
+        Planes on the [0, 1] scale.
+    device : torch.device
+    tile, turn_average
+        As for :func:`predict`.
+    batch : int, optional
+        Pad every pass to this many planes (at least N). A pass of a fixed shape runs the
+        same kernels whatever shares it, so a plane's result does not depend on which other
+        planes were batched with it (on CUDA, where kernels are chosen by shape).
+
+    Returns
+    -------
+    ndarray (N, Y, X) of float32
+    """
+    result = _predict_tiled(net, noisy, device, tile, batch)
     if turn_average:
-        turned = _predict_tiled(net, np.ascontiguousarray(noisy[::-1, ::-1]), device, tile)
-        result = (result + turned[::-1, ::-1]) * np.float32(0.5)
+        turned = _predict_tiled(net, np.ascontiguousarray(noisy[:, ::-1, ::-1]), device, tile,
+                                batch)
+        result = (result + turned[:, ::-1, ::-1]) * np.float32(0.5)
     return result
 
 
 @torch.no_grad()
-def _predict_tiled(net: FM2SNet, noisy: np.ndarray, device: torch.device,
-                   tile: int) -> np.ndarray:
+def _predict_tiled(net: FM2SNet, noisy: np.ndarray, device: torch.device, tile: int,
+                   batch: int | None) -> np.ndarray:
     net = net.to(device=device, memory_format=torch.channels_last).eval()
     n, margin = net.channels, net.receptive_radius
-    height, width = noisy.shape
+    count, height, width = noisy.shape
+    padded = max(count, batch or count)
     source = torch.from_numpy(noisy)
-    result = np.empty((height, width), dtype=np.float32)
+    if padded > count:
+        source = torch.cat([source, source[:1].expand(padded - count, -1, -1)])
+    result = np.empty((count, height, width), dtype=np.float32)
     for top in range(0, height, tile):
         for left in range(0, width, tile):
             bottom, right = min(top + tile, height), min(left + tile, width)
             y0, x0 = max(0, top - margin), max(0, left - margin)
             y1, x1 = min(height, bottom + margin), min(width, right + margin)
-            window = source[y0:y1, x0:x1].to(device)[None, None].expand(-1, n, -1, -1)
+            window = source[:, y0:y1, x0:x1].to(device)[:, None].expand(-1, n, -1, -1)
             output = net(window.contiguous(memory_format=torch.channels_last))
-            output = output.clamp_(0.0, 1.0).mean(dim=1)[0]
-            result[top:bottom, left:right] = output[top - y0:bottom - y0,
-                                                    left - x0:right - x0].cpu().numpy()
+            output = output.clamp_(0.0, 1.0).mean(dim=1)[:count]
+            result[:, top:bottom, left:right] = output[:, top - y0:bottom - y0,
+                                                       left - x0:right - x0].cpu().numpy()
     return result
