@@ -269,6 +269,9 @@ class OlympusSource:
 
     def __init__(self, path: Path, *, series: int, fmt: str) -> None:
         oiffile = _require("oiffile", path, fmt)
+        # An OIB is one compound file whose streams share a file handle: dask's threads must
+        # not seek it at once (they read another stream's bytes: "not a TIFF file").
+        self._lock = threading.Lock()
         try:
             self._oif = oiffile.OifFile(path)
             sequences = self._oif.series
@@ -303,7 +306,8 @@ class OlympusSource:
     def read(self, t: int, c: int, z: int) -> np.ndarray:
         position = {"T": t, "C": c, "Z": z}
         index = tuple(position.get(a, 0) for a in self._seq_axes)
-        return self._oif.asarray(self._files[index])
+        with self._lock:
+            return self._oif.asarray(self._files[index])
 
     def close(self) -> None:
         oif = getattr(self, "_oif", None)

@@ -77,6 +77,22 @@ def test_metadata_is_what_the_file_says(shared_data, name):
     assert plane.shape == shape[3:] and plane.dtype == dtype and plane.any()
 
 
+@pytest.mark.parametrize("name", [f"{VENDOR}/test.oib", f"{VENDOR}/example-multichannel.nd2",
+                                  f"{CZI}/LLS7_small.czi"])
+def test_planes_read_from_many_threads_at_once_are_the_planes(shared_data, name):
+    """dask computes a stack with a thread pool; a reader whose planes share one file handle
+    must not mix them up (the OIB reader did: "not a TIFF file" now and then)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with open_stack(shared_data / name) as stack:
+        keys = stack.plane_keys()
+        alone = [stack.read_plane(k) for k in keys]
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(20):
+                for plane, expected in zip(pool.map(stack.read_plane, keys), alone, strict=True):
+                    np.testing.assert_array_equal(plane, expected)
+
+
 def test_pixels_equal_a_second_reader(shared_data):
     import bioio
     import nd2
