@@ -308,10 +308,11 @@ def sure_blend_weight(net, noisy: np.ndarray, clean: np.ndarray, settings: Setti
     ``p . (f(y + eps p) - f(y)) / eps``. The network's dependence on the plane through its
     training target is neglected. Returns 1 when the model has no noise (nothing to weigh).
     """
-    probe = sure_probe(clean, settings, quantization_var, seed)
+    variance = sure_variance(clean, settings)
+    probe = sure_probe(variance, settings, quantization_var, seed)
     moved = predict(net, (noisy + SURE_EPS * probe).astype(np.float32), device,
                     turn_average=settings.turn_average)
-    return sure_weight(noisy, clean, probe, moved, settings, quantization_var)
+    return sure_weight(noisy, clean, probe, moved, variance, quantization_var)
 
 
 #: Size of the SURE probe's step, in noise standard deviations: small enough for a local
@@ -319,22 +320,26 @@ def sure_blend_weight(net, noisy: np.ndarray, clean: np.ndarray, settings: Setti
 SURE_EPS = 0.1
 
 
-def sure_probe(clean: np.ndarray, settings: Settings, quantization_var: float,
+def sure_variance(clean: np.ndarray, settings: Settings) -> np.ndarray:
+    """Per-pixel noise variance ``gain * u + read_var`` at the denoised intensity (float64)."""
+    return np.maximum(settings.gain * clean.astype(np.float64) + settings.read_var, 0.0)
+
+
+def sure_probe(variance: np.ndarray, settings: Settings, quantization_var: float,
                seed: int) -> np.ndarray:
-    """The probe ``p ~ N(0, C)`` of :func:`sure_blend_weight` (float64, the plane's shape)."""
-    variance = np.maximum(settings.gain * clean.astype(np.float64) + settings.read_var, 0.0)
+    """The probe ``p ~ N(0, C)`` of :func:`sure_blend_weight` (float64, the plane's shape),
+    for the pixel variance of :func:`sure_variance`."""
     gen = torch.Generator().manual_seed(seed ^ 0xB1E4D)
-    probe = correlate_rows(correlated_normal(clean.shape, settings.noise_corr, generator=gen),
+    probe = correlate_rows(correlated_normal(variance.shape, settings.noise_corr, generator=gen),
                            settings.noise_line_corr, settings.noise_corr).numpy()
     probe = probe.astype(np.float64) * np.sqrt(variance)
-    probe += np.sqrt(quantization_var) * torch.randn(clean.shape, generator=gen).numpy()
+    probe += np.sqrt(quantization_var) * torch.randn(variance.shape, generator=gen).numpy()
     return probe
 
 
 def sure_weight(noisy: np.ndarray, clean: np.ndarray, probe: np.ndarray, moved: np.ndarray,
-                settings: Settings, quantization_var: float) -> float:
+                variance: np.ndarray, quantization_var: float) -> float:
     """:func:`sure_blend_weight` from the network's output on ``noisy + SURE_EPS * probe``."""
-    variance = np.maximum(settings.gain * clean.astype(np.float64) + settings.read_var, 0.0)
     total = float(variance.sum() + quantization_var * variance.size)
     residual = float(((noisy.astype(np.float64) - clean) ** 2).sum())
     if total <= 0 or residual <= 0:
@@ -444,16 +449,20 @@ def _fit_units(members, device):
         yield slot, network
 
 
+#: Most pixels of one inference pass on CUDA (its activations: 24 channels of float32 each).
+INFERENCE_PIXELS = 1 << 24
+
+
 def inference_batch(device: torch.device, plane_shape: tuple[int, int]) -> int:
     """Planes applied together in one forward pass on `device` (one at a time on a CPU).
 
     On CUDA, up to ``CUDA_GROUP_SIZE`` planes, fewer for planes so large that a batch would
-    exceed 2^24 pixels (4 planes of 2048 x 2048). Every pass is padded to this size
+    exceed ``INFERENCE_PIXELS`` (4 planes of 2048 x 2048). Every pass is padded to this size
     (:func:`fm2s.train.predict_batch`), so the kernels do not depend on the batch's content.
     """
     if device.type != "cuda":
         return 1
-    return max(1, min(CUDA_GROUP_SIZE, (1 << 24) // max(1, plane_shape[0] * plane_shape[1])))
+    return max(1, min(CUDA_GROUP_SIZE, INFERENCE_PIXELS // max(1, plane_shape[0] * plane_shape[1])))
 
 
 def apply_network(network: Network, prepared: PreparedPlane, seed: int,
@@ -483,14 +492,16 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
     if settings.blend == "sure":
         # On the boosted scale, where the settings' noise model holds; w is scale-free.
         quants = [boost**2 * rounding_variance(p.plane, p.scale) for p in planes]
-        probes = [sure_probe(clean, settings, quant, seed)
-                  for clean, quant, seed in zip(cleans, quants, seeds, strict=True)]
+        variances = [sure_variance(clean, settings) for clean in cleans]
+        probes = [sure_probe(variance, settings, quant, seed)
+                  for variance, quant, seed in zip(variances, quants, seeds, strict=True)]
         moved = predict_batch(network.model,
                               np.stack([(w + SURE_EPS * p).astype(np.float32)
                                         for w, p in zip(works, probes, strict=True)]),
                               device, turn_average=settings.turn_average, batch=batch)
         for i in range(len(planes)):
-            weight = sure_weight(works[i], cleans[i], probes[i], moved[i], settings, quants[i])
+            weight = sure_weight(works[i], cleans[i], probes[i], moved[i], variances[i],
+                                 quants[i])
             cleans[i] = weight * cleans[i] + (1.0 - weight) * works[i]
             infos[i] = {**(infos[i] or {"settings": network.settings.to_dict()}),
                         "blend": float(f"{weight:.6g}")}

@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -460,8 +460,17 @@ def apply_model(
         yield from _apply_batch(planes, model, device, batch)
 
 
-def _prepare_for(stack, model: StackModel, key: PlaneKey, warn, on_plane):
-    """Read a plane and find its network; ``(key, name, network, PreparedPlane)``."""
+class _Planned(NamedTuple):
+    """A plane read and prepared, and the network that denoises it (None: constant)."""
+
+    key: PlaneKey
+    name: str | None
+    network: Network | None
+    prepared: PreparedPlane
+
+
+def _prepare_for(stack, model: StackModel, key: PlaneKey, warn, on_plane) -> _Planned:
+    """Read a plane and find its network."""
     path = stack.metadata.path
     plane = stack.read_plane(key)
     if on_plane is not None:
@@ -478,30 +487,31 @@ def _prepare_for(stack, model: StackModel, key: PlaneKey, warn, on_plane):
         msg = f"{path}: cannot denoise: {exc}"
         raise StackError(msg) from exc
     prepared.info = entry["info"] if exact else _reuse_info(model, name, network)
-    return key, name, network, prepared
+    return _Planned(key, name, network, prepared)
 
 
-def _apply_batch(planes, model: StackModel, device, batch: int) -> list[PlaneResult]:
+def _apply_batch(planes: list[_Planned], model: StackModel, device,
+                 batch: int) -> list[PlaneResult]:
     """Results of prepared planes, in order; the planes of one network in one pass."""
     results: list[PlaneResult | None] = [None] * len(planes)
     by_network: dict[str, list[int]] = {}
-    for i, (_, name, network, prepared) in enumerate(planes):
-        if network is None or prepared.constant:
-            results[i] = constant_result(prepared, model.seed)
+    for i, item in enumerate(planes):
+        if item.network is None or item.prepared.constant:
+            results[i] = constant_result(item.prepared, model.seed)
         else:
-            by_network.setdefault(name, []).append(i)
+            by_network.setdefault(item.name, []).append(i)
     for name, members in by_network.items():
         network = model.networks[name]
         outputs = apply_network_batch(
-            network, [planes[i][3] for i in members],
-            [plane_seed(model.seed, tuple(planes[i][0])) for i in members], device, batch)
+            network, [planes[i].prepared for i in members],
+            [plane_seed(model.seed, tuple(planes[i].key)) for i in members], device, batch)
         for i, result in zip(members, outputs, strict=True):
             result.seconds += network.seconds / max(1, len(network.trained_on))
             results[i] = result
-    for (_, name, _, _), result in zip(planes, results, strict=True):
-        if name is not None:
-            result.info = {**(result.info or {}), "network": name,
-                           "network_digest": model.network_info[name]["digest"]}
+    for item, result in zip(planes, results, strict=True):
+        if item.name is not None:
+            result.info = {**(result.info or {}), "network": item.name,
+                           "network_digest": model.network_info[item.name]["digest"]}
     return results
 
 
