@@ -15,8 +15,13 @@ file names) it scores, with skimage's PSNR (data range 255) and SSIM:
 * ``auto``: fm2s with ``preset="auto"``, default ``fast`` recipe, seed 0; it is told neither the
   microscope nor the level. Its noise estimate and chosen parameters go into the ``params``
   column (JSON).
+* ``auto-sure``: ``auto`` with ``blend="sure"``, the blend of network and input alone (``auto``
+  before version 0.5.0, whose blend also weighs non-local means: ``blend="sure-nlm"``).
 * ``auto-12bit``: the same on the image stored as a 12-bit camera stores into uint16 (x 16, no
   ``data_range``), the result divided by 16 and rounded back to 8 bits before scoring.
+
+The ``params`` of ``auto`` rows hold the blend weights: ``blend`` of the network's output and
+``blend_nlm`` of non-local means'.
 
 Rows are appended to the CSV as they finish and rows already there are skipped, so an
 interrupted run resumes (the pattern of ``benchmarks/quality.py``, whose helpers it reuses).
@@ -45,7 +50,7 @@ import fm2s  # noqa: E402
 from fm2s.planeio import read_image  # noqa: E402
 
 LEVELS = ("raw", "avg2", "avg4", "avg8", "avg16")
-METHODS = ("noisy", "preset", "confocal", "auto", "auto-12bit")
+METHODS = ("noisy", "preset", "confocal", "auto", "auto-sure", "auto-12bit")
 FIELDS = ["level", "image", "group", "method", "psnr", "ssim", "seconds", "params"]
 #: Mean PSNR of the hand-tuned "FM2S*" per level (arXiv 2412.10031), for reference in the table.
 FM2S_STAR = {"raw": 33.28, "avg2": 34.60, "avg4": 36.57, "avg8": 38.24, "avg16": 40.75}
@@ -61,15 +66,17 @@ def run_method(method: str, noisy: np.ndarray, group: str, threads: int):
     if method == "confocal":
         out = fm2s.denoise(noisy, preset="confocal", seed=0, device="cpu", threads=threads)
         return out, {"preset": "confocal"}
-    if method in ("auto", "auto-12bit"):
-        stored = noisy if method == "auto" else noisy.astype(np.uint16) * 16
+    if method in ("auto", "auto-sure", "auto-12bit"):
+        stored = noisy if method != "auto-12bit" else noisy.astype(np.uint16) * 16
+        blend = {"blend": "sure"} if method == "auto-sure" else {}
         result = fm2s.denoise(stored, preset="auto", seed=0, device="cpu", threads=threads,
-                              return_info=True)
+                              return_info=True, **blend)
         info = result.info
         settings = info["settings"]
         params = {k: settings[k] for k in ("median_size", "channels", "k_g", "k_p", "lam_p")}
-        params.update(blend=info.get("blend"), estimate=info["estimate"])
-        if method == "auto":
+        params.update(blend=info.get("blend"), blend_nlm=info.get("blend_nlm"),
+                      estimate=info["estimate"])
+        if method != "auto-12bit":
             return result.image, params
         return np.clip(np.rint(result.image / 16), 0, 255).astype(np.uint8), params
     msg = f"unknown method {method!r}; expected one of {', '.join(METHODS)}"
@@ -131,9 +138,11 @@ def summary(path: Path) -> str:
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
     psnr = defaultdict(dict)  # (level, method) -> image -> PSNR
+    ssim = defaultdict(dict)
     groups = {}
     for r in rows:
         psnr[(r["level"], r["method"])][r["image"]] = float(r["psnr"])
+        ssim[(r["level"], r["method"])][r["image"]] = float(r["ssim"])
         groups[r["image"]] = r["group"]
     methods = [m for m in METHODS if any(k[1] == m for k in psnr)]
     levels = [lv for lv in LEVELS if any(k[0] == lv for k in psnr)]
@@ -151,7 +160,7 @@ def summary(path: Path) -> str:
                  if common and psnr[(level, m)] else "-" for m in methods]
         lines.append(f"| {level} | {len(common)} | " + " | ".join(cells)
                      + f" | {FM2S_STAR[level]:.2f} |")
-    lines += ["", "Per microscope type (mean PSNR, dB):", "",
+    lines += ["", "Per microscope type (mean PSNR in dB / mean SSIM):", "",
               "| level | microscope | images | " + " | ".join(methods) + " |",
               "|---|---|---|" + "---|" * len(methods)]
     for level in levels:
@@ -159,14 +168,15 @@ def summary(path: Path) -> str:
             members = [i for i in common_by_level[level] if groups[i] == group]
             if not members:
                 continue
-            cells = [f"{np.mean([psnr[(level, m)][i] for i in members]):.2f}"
+            cells = [f"{np.mean([psnr[(level, m)][i] for i in members]):.2f} / "
+                     f"{np.mean([ssim[(level, m)][i] for i in members]):.4f}"
                      if psnr[(level, m)] else "-" for m in methods]
             lines.append(f"| {level} | {group} | {len(members)} | " + " | ".join(cells) + " |")
-    if {"noisy", "auto"} <= set(methods):
-        lines += ["", "Per image, `auto` minus the noisy input (dB):", "",
+    for method in [m for m in ("auto", "auto-sure") if {"noisy", m} <= set(methods)]:
+        lines += ["", f"Per image, `{method}` minus the noisy input (dB):", "",
                   "| level | images below noisy | smallest gain | on |", "|---|---|---|---|"]
         for level in levels:
-            gains = {i: psnr[(level, "auto")][i] - psnr[(level, "noisy")][i]
+            gains = {i: psnr[(level, method)][i] - psnr[(level, "noisy")][i]
                      for i in common_by_level[level]}
             if gains:
                 worst = min(gains, key=gains.get)

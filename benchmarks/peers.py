@@ -3,26 +3,31 @@
 Methods, each image scored against its 50-capture ground truth with skimage's PSNR (data
 range 255) and SSIM, as in the FM2S paper:
 
-========  ===================================================================================
-noisy     the input itself
-median    3 x 3 median filter (``scipy.ndimage.median_filter``, reflect borders)
-bm3d      BM3D (``bm3d`` package, default profile) on the generalized Anscombe transform of
-          the image (Makitalo & Foi 2013, closed-form unbiased inverse), with the
-          Poisson-Gaussian noise fitted blindly on the image itself by fm2s's estimator
-          (``fm2s.estimate.estimate_noise``: gain, read variance, the width of a Gaussian
-          spatial correlation and the correlation along rows, see docs/noise-estimation.md),
-          BM3D being given the PSD of that correlation
-nlm       non-local means (``skimage.restoration.denoise_nl_means``, fast mode, 5 x 5 patches,
-          search distance 6, h = 0.8 sigma: the parameters of skimage's own example) on the
-          same transform (white noise of unit variance assumed)
-n2v2      Noise2Void 2 from CAREamics 0.3.5 at its documented defaults
-          (``create_n2v_config(..., patch_size=[64, 64], batch_size=32, use_n2v2=True)``:
-          30 epochs, flips and rotations, 8 validation patches), trained on the image itself
-          and predicted on it, on the CPU
-fast      ``fm2s.denoise(image, preset=<microscope>, recipe="fast", seed=0)``
-auto      the same with ``preset="auto"`` (noise estimated from the image; no microscope given)
-v2        the same with ``recipe="v2"`` (the reference code's schedule)
-========  ===================================================================================
+==========  ===================================================================================
+noisy       the input itself
+median      3 x 3 median filter (``scipy.ndimage.median_filter``, reflect borders)
+bm3d        BM3D (``bm3d`` package, default profile) on the generalized Anscombe transform of
+            the image (Makitalo & Foi 2013, closed-form unbiased inverse), with the
+            Poisson-Gaussian noise fitted blindly on the image itself by fm2s's estimator
+            (``fm2s.estimate.estimate_noise``: gain, read variance, the width of a Gaussian
+            spatial correlation and the correlation along rows, see docs/noise-estimation.md),
+            BM3D being given the PSD of that correlation
+bm3d-white  the same BM3D told white noise (its PSD flat: the stabilised noise's unit variance
+            only), the variant of the usual BM3D + VST recipes
+nlm         non-local means (``skimage.restoration.denoise_nl_means``, fast mode, 5 x 5 patches,
+            search distance 6, h = 0.8 sigma: the parameters of skimage's own example) on the
+            same transform (white noise of unit variance assumed)
+n2v2        Noise2Void 2 from CAREamics 0.3.5 at its documented defaults
+            (``create_n2v_config(..., patch_size=[64, 64], batch_size=32, use_n2v2=True)``:
+            30 epochs, flips and rotations, 8 validation patches), trained on the image itself
+            and predicted on it, on the CPU
+fast        ``fm2s.denoise(image, preset=<microscope>, recipe="fast", seed=0)``
+auto        the same with ``preset="auto"`` (noise estimated from the image; no microscope given)
+auto-sure   ``auto`` with ``blend="sure"``: network and input alone, ``auto`` before version
+            0.5.0 (whose SURE blend also weighs non-local means on the same transform,
+            ``fm2s.classical.vst_nlm``, with fm2s's own noise model of the image)
+v2          the same with ``recipe="v2"`` (the reference code's schedule)
+==========  ===================================================================================
 
 The microscope (and so the fm2s preset) comes from the file-name prefix: Confocal_,
 TwoPhoton_, WideField_. Levels: ``raw`` (one capture), ``avg2`` ... ``avg16`` (means of 2-16
@@ -98,33 +103,19 @@ from resumable import appending, done_rows
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fmd" / "test_mix"
 LEVELS = ("raw", "avg2", "avg4", "avg8", "avg16")
-METHODS = ("noisy", "median", "nlm", "bm3d", "fast", "auto", "n2v2", "v2")
+METHODS = ("noisy", "median", "nlm", "bm3d", "bm3d-white", "fast", "auto", "auto-sure", "n2v2",
+           "v2")
 # Cheap methods first, so that a partial round still covers them; BM3D (about a minute per
 # plane here) last.
-RUN_ORDER = ("noisy", "median", "nlm", "fast", "auto", "n2v2", "v2", "bm3d")
+RUN_ORDER = ("noisy", "median", "nlm", "fast", "auto", "auto-sure", "n2v2", "v2", "bm3d",
+             "bm3d-white")
 #: Default subsets: method -> (levels, images per level, taken in interleaved order).
-SUBSETS = {"bm3d": (LEVELS, 5), "auto": (LEVELS, 5), "n2v2": (LEVELS, 5), "v2": (("raw",), 1)}
+SUBSETS = {"bm3d": (LEVELS, 5), "bm3d-white": (LEVELS, 5), "auto": (LEVELS, 5),
+           "auto-sure": (LEVELS, 5), "n2v2": (LEVELS, 5), "v2": (("raw",), 1)}
 PRESET = {"Confocal": "confocal", "TwoPhoton": "twophoton", "WideField": "widefield"}
 FIELDS = ["level", "image", "group", "method", "psnr", "ssim", "seconds", "peak_rss_mb",
           "load", "note"]  # fmt: skip
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-
-
-# -- noise model and variance-stabilising transform -------------------------------------------
-
-
-def anscombe(z: np.ndarray, a: float, b: float) -> np.ndarray:
-    """Generalized Anscombe transform of ``z`` with ``var = a * u + b``: noise std ~ 1."""
-    return 2.0 * np.sqrt(np.maximum(z / a + 3.0 / 8.0 + b / a**2, 0.0))
-
-
-def inverse_anscombe(d: np.ndarray, a: float, b: float) -> np.ndarray:
-    """Closed-form approximation of the exact unbiased inverse of :func:`anscombe`
-    (Makitalo & Foi, IEEE TIP 22(1), 2013)."""
-    d = np.maximum(d, 2.0 * np.sqrt(3.0 / 8.0))  # below the transform of 0: the formula blows up
-    r = np.sqrt(1.5)
-    u = d**2 / 4 + r / (4 * d) - 11 / (8 * d**2) + 5 * r / (8 * d**3) - 1 / 8 - b / a**2
-    return np.maximum(u, 0.0) * a
 
 
 # -- methods (in the worker) ------------------------------------------------------------------
@@ -136,12 +127,14 @@ def _vst(denoise_gaussian):
     fitted blindly on the image by :func:`fm2s.estimate.estimate_noise`."""
 
     def run(noisy: np.ndarray, group: str) -> np.ndarray:
+        # The transform and its closed-form unbiased inverse of the sure-nlm blend.
+        from fm2s.classical import generalized_anscombe, inverse_generalized_anscombe
         from fm2s.estimate import estimate_noise
 
         noise = estimate_noise(noisy)
         a, b = max(noise.gain_dn, 1e-3), noise.read_var_dn  # a = 0: Gaussian noise only
-        stabilised = anscombe(noisy.astype(np.float64), a, b)
-        return inverse_anscombe(denoise_gaussian(stabilised, noise), a, b)
+        stabilised = generalized_anscombe(noisy.astype(np.float64), a, b)
+        return inverse_generalized_anscombe(denoise_gaussian(stabilised, noise), a, b)
 
     return run
 
@@ -165,12 +158,20 @@ def _bm3d(d: np.ndarray, noise) -> np.ndarray:
     return bm3d.bm3d(d, sigma_psd=correlated_psd(d.shape, noise))
 
 
+def _bm3d_white(d: np.ndarray, noise) -> np.ndarray:
+    import bm3d
+
+    return bm3d.bm3d(d, sigma_psd=1.0)
+
+
 def _nlm(d: np.ndarray, noise) -> np.ndarray:
     from skimage.restoration import denoise_nl_means
 
+    from fm2s.classical import NLM_H, NLM_PATCH_DISTANCE, NLM_PATCH_SIZE
+
     # NLM has no model of correlated noise: the unit variance is all it is told.
-    return denoise_nl_means(d, h=0.8, sigma=1.0, fast_mode=True, patch_size=5,
-                            patch_distance=6)
+    return denoise_nl_means(d, h=NLM_H, sigma=1.0, fast_mode=True, patch_size=NLM_PATCH_SIZE,
+                            patch_distance=NLM_PATCH_DISTANCE)
 
 
 def _median(noisy: np.ndarray, group: str) -> np.ndarray:
@@ -179,13 +180,13 @@ def _median(noisy: np.ndarray, group: str) -> np.ndarray:
     return ndimage.median_filter(noisy, size=3, mode="reflect")
 
 
-def _fm2s(recipe: str, preset: str | None = None):
+def _fm2s(recipe: str, preset: str | None = None, **overrides):
     """fm2s with the microscope's preset, or with `preset` (e.g. ``"auto"``) for every image."""
     def run(noisy: np.ndarray, group: str) -> np.ndarray:
         from fm2s import denoise
 
         return denoise(noisy, preset=preset or PRESET[group], recipe=recipe, seed=0,
-                       device="cpu", threads=1)
+                       device="cpu", threads=1, **overrides)
 
     return run
 
@@ -224,9 +225,11 @@ RUNNERS = {
     "noisy": lambda noisy, group: noisy,
     "median": _median,
     "bm3d": _vst(_bm3d),
+    "bm3d-white": _vst(_bm3d_white),
     "nlm": _vst(_nlm),
     "fast": _fm2s("fast"),
     "auto": _fm2s("fast", preset="auto"),
+    "auto-sure": _fm2s("fast", preset="auto", blend="sure"),
     "v2": _fm2s("v2"),
     "n2v2": _n2v2,
 }
@@ -251,7 +254,7 @@ def score(truth: np.ndarray, result: np.ndarray) -> tuple[float, float]:
 
 def worker(method: str, jobs: list[tuple[str, str]], data: Path) -> None:
     """Denoise ``(level, image)`` jobs with one method; print one JSON row per image."""
-    if method in ("fast", "auto", "v2", "n2v2"):  # others never import torch (it costs ~300 MB)
+    if method in ("fast", "auto", "auto-sure", "v2", "n2v2"):  # noisy, median never import torch
         import torch
 
         torch.set_num_threads(1)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .classical import vst_nlm
 from .intensity import (
     fills_little_of_dtype,
     intensity_range,
@@ -349,6 +350,69 @@ def sure_weight(noisy: np.ndarray, clean: np.ndarray, probe: np.ndarray, moved: 
     return float(np.clip(weight, 0.0, 1.0)) if np.isfinite(weight) else 1.0
 
 
+def sure_weights(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe: np.ndarray,
+                 moved: Sequence[np.ndarray], variance: np.ndarray,
+                 quantization_var: float) -> np.ndarray:
+    """Weights ``w_k >= 0``, ``sum(w) <= 1``, of the blend
+    ``noisy + sum_k w_k (candidate_k - noisy)`` that minimise its Stein's unbiased risk estimate.
+
+    :func:`sure_weight` for several estimates of one plane at once (the ``sure-nlm`` blend: the
+    network's output and :func:`fm2s.classical.vst_nlm`'s). With ``d_k = candidate_k - noisy``
+    and the Monte-Carlo traces ``t_k = p . (f_k(y + eps p) - f_k(y)) / eps`` (one probe for
+    all), the risk is ``w' G w - 2 b' w + const`` with ``G_jk = d_j . d_k`` and
+    ``b_k = tr C - t_k``: a small convex quadratic program over the simplex, solved exactly by
+    trying every set of free weights with and without the ``sum(w) = 1`` constraint
+    (Karush-Kuhn-Tucker points) and keeping the feasible one of least risk.
+
+    Parameters
+    ----------
+    noisy : ndarray
+        The plane ``y``, on the scale of `variance`.
+    candidates, moved : sequence of ndarray
+        Each estimate ``f_k(y)``, and ``f_k(y + SURE_EPS * probe)``.
+    probe, variance, quantization_var
+        As for :func:`sure_weight`.
+
+    Returns
+    -------
+    ndarray, float64, shape (len(candidates),)
+        The weights (all 0 when the model has no noise or the plane equals every candidate).
+    """
+    k = len(candidates)
+    y = noisy.astype(np.float64)
+    total = float(variance.sum() + quantization_var * variance.size)
+    diffs = [c.astype(np.float64) - y for c in candidates]
+    gram = np.array([[float((a * b).sum()) for b in diffs] for a in diffs])
+    traces = np.array([float((probe * (m.astype(np.float64) - c)).sum() / SURE_EPS)
+                       for m, c in zip(moved, candidates, strict=True)])
+    drive = total - traces
+    if total <= 0 or not np.all(np.isfinite(gram)) or not np.all(np.isfinite(drive)):
+        return np.zeros(k)
+    best, best_risk = np.zeros(k), 0.0
+    for free in itertools.chain.from_iterable(
+            itertools.combinations(range(k), n) for n in range(1, k + 1)):
+        idx = list(free)
+        g, b = gram[np.ix_(idx, idx)], drive[idx]
+        n = len(idx)
+        # Free weights alone (G w = b), then on the face sum(w) = 1 (with a multiplier).
+        systems = [(g, b), (np.block([[g, np.ones((n, 1))], [np.ones((1, n)), np.zeros((1, 1))]]),
+                            np.append(b, 1.0))]
+        for lhs, rhs in systems:
+            try:
+                solution = np.linalg.solve(lhs, rhs)
+            except np.linalg.LinAlgError:
+                continue
+            w = np.zeros(k)
+            w[idx] = solution[:n]
+            if np.any(w < -1e-12) or w.sum() > 1 + 1e-9 or not np.all(np.isfinite(w)):
+                continue
+            w = np.clip(w, 0.0, None)
+            risk = float(w @ gram @ w - 2 * drive @ w)
+            if risk < best_risk:
+                best, best_risk = w, risk
+    return best
+
+
 @dataclass(frozen=True)
 class TrainingUnit:
     """Planes that train one network together (one: the paper's network per plane)."""
@@ -489,22 +553,33 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
     cleans = predict_batch(network.model, works, device, turn_average=settings.turn_average,
                            batch=batch).astype(np.float64)
     infos = [p.info for p in planes]
-    if settings.blend == "sure":
+    if settings.blend in ("sure", "sure-nlm"):
         # On the boosted scale, where the settings' noise model holds; w is scale-free.
         quants = [boost**2 * rounding_variance(p.plane, p.scale) for p in planes]
         variances = [sure_variance(clean, settings) for clean in cleans]
         probes = [sure_probe(variance, settings, quant, seed)
                   for variance, quant, seed in zip(variances, quants, seeds, strict=True)]
-        moved = predict_batch(network.model,
-                              np.stack([(w + SURE_EPS * p).astype(np.float32)
-                                        for w, p in zip(works, probes, strict=True)]),
-                              device, turn_average=settings.turn_average, batch=batch)
+        probed = [(w + SURE_EPS * p).astype(np.float32) for w, p in zip(works, probes, strict=True)]
+        moved = predict_batch(network.model, np.stack(probed), device,
+                              turn_average=settings.turn_average, batch=batch)
         for i in range(len(planes)):
-            weight = sure_weight(works[i], cleans[i], probes[i], moved[i], variances[i],
-                                 quants[i])
-            cleans[i] = weight * cleans[i] + (1.0 - weight) * works[i]
-            infos[i] = {**(infos[i] or {"settings": network.settings.to_dict()}),
-                        "blend": float(f"{weight:.6g}")}
+            info = infos[i] or {"settings": network.settings.to_dict()}
+            if settings.blend == "sure":
+                weight = sure_weight(works[i], cleans[i], probes[i], moved[i], variances[i],
+                                     quants[i])
+                cleans[i] = weight * cleans[i] + (1.0 - weight) * works[i]
+                infos[i] = {**info, "blend": float(f"{weight:.6g}")}
+                continue
+            # The classical estimate's noise model: the plane's, rounding included.
+            gain, read_var = settings.gain, settings.read_var + quants[i]
+            classical = vst_nlm(works[i], gain, read_var)
+            weights = sure_weights(works[i], [cleans[i], classical], probes[i],
+                                   [moved[i], vst_nlm(probed[i], gain, read_var)],
+                                   variances[i], quants[i])
+            cleans[i] = (works[i] + weights[0] * (cleans[i] - works[i])
+                         + weights[1] * (classical - works[i]))
+            infos[i] = {**info, "blend": float(f"{weights[0]:.6g}"),
+                        "blend_nlm": float(f"{weights[1]:.6g}")}
     seconds = (time.perf_counter() - began) / len(planes)
     return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
                         p.scale, info)

@@ -1,0 +1,107 @@
+"""The classical candidate of the ``sure-nlm`` blend and the blend's several-candidate SURE."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import fm2s
+from fm2s.classical import generalized_anscombe, inverse_generalized_anscombe, vst_nlm
+from fm2s.denoise import SURE_EPS, sure_weight, sure_weights
+from fm2s.synthetic import clean_plane
+
+
+def poisson_gaussian(clean, gain, read_var, seed):
+    rng = np.random.default_rng(seed)
+    return gain * rng.poisson(clean / gain) + rng.normal(0.0, np.sqrt(read_var), clean.shape)
+
+
+@pytest.mark.parametrize("intensity", [3.0, 20.0, 200.0])
+def test_anscombe_stabilises_the_variance_and_inverts_without_bias(intensity):
+    gain, read_var = 2.0, 9.0
+    z = poisson_gaussian(np.full(200_000, intensity), gain, read_var, seed=1)
+    stabilised = generalized_anscombe(z, gain, read_var)
+    assert stabilised.std() == pytest.approx(1.0, abs=0.08)
+    # The unbiased inverse maps the transform's mean back to the intensity.
+    back = inverse_generalized_anscombe(np.array([stabilised.mean()]), gain, read_var)[0]
+    assert back == pytest.approx(intensity, rel=0.03, abs=0.3)
+
+
+def psnr(truth, estimate):
+    return 10 * np.log10(truth.max() ** 2 / np.mean((truth - estimate) ** 2))
+
+
+@pytest.mark.parametrize(("gain", "read_var"), [(1.0, 4.0), (0.0, 25.0)])
+def test_vst_nlm_denoises_poisson_gaussian_and_gaussian_planes(gain, read_var):
+    truth = 100.0 * clean_plane((64, 64), seed=2)
+    noisy = (poisson_gaussian(truth, gain, read_var, seed=3) if gain
+             else truth + np.random.default_rng(3).normal(0, np.sqrt(read_var), truth.shape))
+    before = noisy.copy()
+    out = vst_nlm(noisy, gain, read_var)
+    np.testing.assert_array_equal(noisy, before)
+    assert out.shape == noisy.shape and out.dtype == np.float64
+    assert psnr(truth, out) > psnr(truth, noisy) + 3.0
+
+
+@pytest.mark.parametrize(("plane", "gain", "read_var", "message"), [
+    (np.zeros((4, 4, 2)), 1.0, 1.0, "2D plane"),
+    (np.zeros((8, 8)), 0.0, 0.0, "no noise model"),
+    (np.zeros((8, 8)), -1.0, 1.0, "no noise model"),
+])
+def test_vst_nlm_rejects_what_it_cannot_denoise(plane, gain, read_var, message):
+    with pytest.raises(ValueError, match=message):
+        vst_nlm(plane, gain, read_var)
+
+
+def smoothing_candidates(sigma=10.0, seed=5):
+    """A plane with white Gaussian noise and two linear smoothers of it, at the plane and at a
+    probe step: the setting where SURE is exact up to the probe's Monte-Carlo error."""
+    truth = 255.0 * clean_plane((96, 96), seed=4)
+    rng = np.random.default_rng(seed)
+    noisy = truth + rng.normal(0.0, sigma, truth.shape)
+    probe = rng.normal(0.0, sigma, truth.shape)
+    filters = [lambda p: ndimage.gaussian_filter(p, 1.0), lambda p: ndimage.uniform_filter(p, 5)]
+    candidates = [f(noisy) for f in filters]
+    moved = [f(noisy + SURE_EPS * probe) for f in filters]
+    variance = np.full(truth.shape, sigma**2)
+    return truth, noisy, candidates, moved, probe, variance
+
+
+def test_one_candidate_weight_is_the_single_blend_weight():
+    _, noisy, candidates, moved, probe, variance = smoothing_candidates()
+    for candidate, shifted in zip(candidates, moved, strict=True):
+        weights = sure_weights(noisy, [candidate], probe, [shifted], variance, 0.0)
+        expected = sure_weight(noisy, candidate, probe, shifted, variance, 0.0)
+        assert weights[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_two_candidate_weights_reach_the_oracle_risk():
+    truth, noisy, candidates, moved, probe, variance = smoothing_candidates()
+    weights = sure_weights(noisy, candidates, probe, moved, variance, 0.0)
+    assert (weights >= 0).all() and weights.sum() <= 1 + 1e-9
+
+    def mse(w):
+        blend = noisy + sum(wk * (c - noisy) for wk, c in zip(w, candidates, strict=True))
+        return float(np.mean((blend - truth) ** 2))
+
+    grid = [(a, b) for a in np.linspace(0, 1, 41) for b in np.linspace(0, 1, 41) if a + b <= 1]
+    oracle = min(mse(w) for w in grid)
+    assert mse(weights) <= 1.03 * oracle
+    assert mse(weights) < min(mse((1, 0)), mse((0, 1)), mse((0, 0)))
+
+
+def test_weights_are_zero_without_noise():
+    _, noisy, candidates, moved, probe, variance = smoothing_candidates()
+    assert not sure_weights(noisy, candidates, probe, moved, 0 * variance, 0.0).any()
+
+
+def test_sure_nlm_blend_denoises_and_reports_its_weights():
+    from fm2s.synthetic import noisy_plane
+
+    truth = 255 * clean_plane((64, 64), seed=1)
+    noisy = noisy_plane(clean_plane((64, 64), seed=1), photons=20, seed=2)
+    result = fm2s.denoise(noisy, steps=40, crop_size=48, device="cpu", blend="sure-nlm",
+                          return_info=True)
+    net, nlm = result.info["blend"], result.info["blend_nlm"]
+    assert net >= 0 and nlm >= 0 and net + nlm <= 1 + 1e-6
+    assert result.info["settings"]["blend"] == "sure-nlm"
+    assert psnr(truth, result.image.astype(float)) > psnr(truth, noisy.astype(float)) + 3.0
