@@ -53,11 +53,11 @@ microscope at every level)::
 
 Subsets (``--subset METHOD=LEVELS:N``): the slow methods run on N images per level, taken
 one per configuration in turn (the 5 configurations: Confocal_BPAE_B, Confocal_MICE,
-TwoPhoton_BPAE_G, TwoPhoton_MICE, WideField_BPAE_B). Defaults: bm3d, auto and n2v2 on 5
-images per level (one per configuration; bm3d about a minute per plane here), v2 (about 5
-minutes per plane) on 1 raw image (Confocal_BPAE_B_1); every other method on all 20 images of
-every level (auto on all 100: benchmarks/auto_levels.py). The table gives the number of
-images of every cell.
+TwoPhoton_BPAE_G, TwoPhoton_MICE, WideField_BPAE_B). Defaults: auto-sure and n2v2 on 5
+images per level (one per configuration), v2 (about 14 minutes per plane) on 1 raw image
+(Confocal_BPAE_B_1); every other method, bm3d and bm3d-white (about 8-13 s per plane here)
+and auto included, on all 20 images of every level. The table gives the number of images of
+every cell.
 
 CAREamics has its own environment, ``.venv-careamics`` (``--careamics-python``): careamics
 0.3.5 pins ``torchvision<=0.26``, which wants torch 2.11, and PyPI's torchvision is a CUDA
@@ -105,13 +105,12 @@ DATA = ROOT.parent / "shared" / "data" / "fmd" / "test_mix"
 LEVELS = ("raw", "avg2", "avg4", "avg8", "avg16")
 METHODS = ("noisy", "median", "nlm", "bm3d", "bm3d-white", "fast", "auto", "auto-sure", "n2v2",
            "v2")
-# Cheap methods first, so that a partial round still covers them; BM3D (about a minute per
+# Cheap methods first, so that a partial round still covers them; BM3D (8-13 s per
 # plane here) last.
 RUN_ORDER = ("noisy", "median", "nlm", "fast", "auto", "auto-sure", "n2v2", "v2", "bm3d",
              "bm3d-white")
 #: Default subsets: method -> (levels, images per level, taken in interleaved order).
-SUBSETS = {"bm3d": (LEVELS, 5), "bm3d-white": (LEVELS, 5), "auto": (LEVELS, 5),
-           "auto-sure": (LEVELS, 5), "n2v2": (LEVELS, 5), "v2": (("raw",), 1)}
+SUBSETS = {"auto-sure": (LEVELS, 5), "n2v2": (LEVELS, 5), "v2": (("raw",), 1)}
 PRESET = {"Confocal": "confocal", "TwoPhoton": "twophoton", "WideField": "widefield"}
 FIELDS = ["level", "image", "group", "method", "psnr", "ssim", "seconds", "peak_rss_mb",
           "load", "note"]  # fmt: skip

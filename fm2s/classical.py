@@ -1,21 +1,38 @@
 """A classical Poisson-Gaussian denoiser: non-local means on the generalized Anscombe transform.
 
 It is the second candidate of the ``sure-nlm`` blend (:func:`fm2s.denoise.sure_weights`):
-cheap (about 0.25 s for a 512 x 512 plane on one core), with no training, and strongest where
-the network is weakest, on planes with little noise and much fine, repeated texture.
+cheap (about 0.25 s for a 512 x 512 plane with white noise on one core, about 1 s with the
+larger patches of correlated noise), with no training, and its errors differ from the
+network's: it keeps fine repeated texture that the network smooths, and it averages the
+broad correlated noise of wide-field cameras over larger patches than the network sees.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["generalized_anscombe", "inverse_generalized_anscombe", "vst_nlm"]
+__all__ = ["generalized_anscombe", "inverse_generalized_anscombe", "nlm_window", "vst_nlm"]
 
-#: Non-local means on the stabilised plane (unit noise variance): the parameters of
-#: scikit-image's own example (5 x 5 patches, search distance 6, h = 0.8 sigma), fast mode.
+#: Non-local means on the stabilised plane (unit noise variance), for white noise: the
+#: parameters of scikit-image's own example (5 x 5 patches, search distance 6, h = 0.8 sigma),
+#: fast mode.
 NLM_PATCH_SIZE = 5
 NLM_PATCH_DISTANCE = 6
 NLM_H = 0.8
+#: On correlated noise the patch grows to hold as many independent noise samples as a 5 x 5
+#: patch does on white noise (side ``sqrt(25 G)`` for the noise's ``lowfreq_gain`` G, as
+#: :func:`fm2s.estimate.median_window` does for the median), up to this side; the search
+#: distance grows with it (side + 1).
+NLM_PATCH_MAX = 15
+
+
+def nlm_window(lowfreq_gain: float = 1.0) -> tuple[int, int]:
+    """``(patch_size, patch_distance)`` of :func:`vst_nlm` for noise of `lowfreq_gain`
+    (:func:`fm2s.noise.lowfreq_gain`; 1 for white noise: 5 x 5 patches, distance 6)."""
+    side = np.sqrt(NLM_PATCH_SIZE**2 * max(lowfreq_gain, 1.0))
+    width = 2 * int(np.floor((side - 1.0) / 2.0 + 0.5)) + 1  # the nearest odd side
+    width = int(min(max(width, NLM_PATCH_SIZE), NLM_PATCH_MAX))
+    return width, width + NLM_PATCH_DISTANCE - NLM_PATCH_SIZE
 
 
 def generalized_anscombe(z: np.ndarray, gain: float, read_var: float) -> np.ndarray:
@@ -46,7 +63,8 @@ def inverse_generalized_anscombe(d: np.ndarray, gain: float, read_var: float) ->
     return np.maximum(u, 0.0) * gain
 
 
-def vst_nlm(plane: np.ndarray, gain: float, read_var: float) -> np.ndarray:
+def vst_nlm(plane: np.ndarray, gain: float, read_var: float,
+            lowfreq_gain: float = 1.0) -> np.ndarray:
     """Non-local means of a Poisson-Gaussian plane through a variance-stabilising transform.
 
     Parameters
@@ -57,12 +75,15 @@ def vst_nlm(plane: np.ndarray, gain: float, read_var: float) -> np.ndarray:
         Its noise model: variance ``gain * u + read_var`` at the intensity ``u``, in the
         plane's units. With no signal-dependent part (``gain`` below a millionth of the read
         noise's standard deviation per unit) the plane is only scaled to unit noise.
+    lowfreq_gain : float
+        The noise's spatial correlation as :func:`fm2s.noise.lowfreq_gain` (1: white noise);
+        it sets the patch size and search distance (:func:`nlm_window`).
 
     Returns
     -------
     ndarray, float64, shape (H, W)
-        The estimate, in the plane's units. The noise's spatial correlation is not modelled:
-        non-local means is told unit white noise (correlated noise is smoothed less).
+        The estimate, in the plane's units. Beyond the patch size, the noise's spatial
+        correlation is not modelled: non-local means is told unit-variance noise.
     """
     from skimage.restoration import denoise_nl_means
 
@@ -72,9 +93,11 @@ def vst_nlm(plane: np.ndarray, gain: float, read_var: float) -> np.ndarray:
     if read_var < 0 and gain <= 0 or gain < 0:
         raise ValueError(f"vst_nlm: no noise model in gain={gain}, read_var={read_var}")
 
+    patch_size, patch_distance = nlm_window(lowfreq_gain)
+
     def smooth(d):
-        return denoise_nl_means(d, h=NLM_H, sigma=1.0, fast_mode=True,
-                                patch_size=NLM_PATCH_SIZE, patch_distance=NLM_PATCH_DISTANCE)
+        return denoise_nl_means(d, h=NLM_H, sigma=1.0, fast_mode=True, patch_size=patch_size,
+                                patch_distance=patch_distance)
 
     if gain <= 1e-6 * np.sqrt(max(read_var, 0.0)):
         if read_var <= 0:

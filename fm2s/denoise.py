@@ -37,7 +37,13 @@ from .intensity import (
     training_boost,
 )
 from .model import FM2SNet
-from .noise import correlate_rows, correlated_normal, median_target, region_means
+from .noise import (
+    correlate_rows,
+    correlated_normal,
+    lowfreq_gain,
+    median_target,
+    region_means,
+)
 from .settings import Settings, make_settings
 from .train import TrainingSet, extract_model, fit, group_key, predict, predict_batch
 
@@ -571,11 +577,12 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
                 infos[i] = {**info, "blend": float(f"{weight:.6g}")}
                 continue
             # The classical estimate's noise model: the plane's, rounding included.
-            gain, read_var = settings.gain, settings.read_var + quants[i]
-            classical = vst_nlm(works[i], gain, read_var)
+            model = (settings.gain, settings.read_var + quants[i],
+                     lowfreq_gain(settings.noise_corr))
+            classical = vst_nlm(works[i], *model)
             weights = sure_weights(works[i], [cleans[i], classical], probes[i],
-                                   [moved[i], vst_nlm(probed[i], gain, read_var)],
-                                   variances[i], quants[i])
+                                   [moved[i], vst_nlm(probed[i], *model)], variances[i],
+                                   quants[i])
             cleans[i] = (works[i] + weights[0] * (cleans[i] - works[i])
                          + weights[1] * (classical - works[i]))
             infos[i] = {**info, "blend": float(f"{weights[0]:.6g}"),

@@ -62,7 +62,7 @@ import numpy as np
 from scipy import ndimage, signal, stats
 
 from .intensity import intensity_range, rounding_variance
-from .noise import correlation_kernel, neighbour_corr, row_beta
+from .noise import correlation_kernel, lowfreq_gain, neighbour_corr, row_beta
 from .settings import AUTO_FIELDS, make_settings
 
 __all__ = ["NoiseEstimate", "auto_settings", "estimate_noise", "noise_kernel",
@@ -266,12 +266,6 @@ def _mean_energy(low: float, mid: float) -> tuple[float, bool]:
     return low / factor, bool(spread <= limit)
 
 
-def _lowfreq_gain(corr: float) -> float:
-    """Sum of the noise autocorrelation over all lags (= S(0) / pixel variance)."""
-    k = correlation_kernel(corr)
-    return float(k.sum() ** 2)
-
-
 def _bin(plane: np.ndarray, scale: int) -> np.ndarray:
     if scale == 1:
         return plane
@@ -461,7 +455,7 @@ def estimate_noise(image, *, data_range: float | None = None) -> NoiseEstimate:
     return NoiseEstimate(
         gain=float(a), read_var=float(b), gain_dn=float(a * scale), read_var_dn=float(b * scale**2),
         corr=float(corr), neighbour_corr=neighbour_corr(corr),
-        lowfreq_gain=_lowfreq_gain(corr), mean=mean, std=float(np.sqrt(var_at_mean)),
+        lowfreq_gain=lowfreq_gain(corr), mean=mean, std=float(np.sqrt(var_at_mean)),
         std_dn=float(np.sqrt(var_at_mean) * scale), data_range=float(scale),
         quantization_var=float(quant), levels=used, residual=float(res), line_corr=float(line),
     )

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["correlation_kernel", "median_target", "region_means", "synthesize",
+__all__ = ["correlation_kernel", "lowfreq_gain", "median_target", "region_means", "synthesize",
            "synthesize_poisson_gaussian"]
 
 
@@ -117,6 +117,13 @@ def correlation_kernel(corr: float) -> np.ndarray:
     g = np.exp(-(x**2) / (2 * corr**2))
     kernel = np.outer(g, g)
     return kernel / np.sqrt((kernel**2).sum())
+
+
+def lowfreq_gain(corr: float) -> float:
+    """Sum of the autocorrelation of noise correlated by :func:`correlation_kernel` over all
+    lags (its power at zero frequency over its pixel variance): 1 for white noise; a window of
+    ``n`` pixels holds about ``n / lowfreq_gain`` independent noise samples."""
+    return float(correlation_kernel(corr).sum() ** 2)
 
 
 def correlated_normal(shape, corr: float, *, generator: torch.Generator,

@@ -5,8 +5,14 @@ import pytest
 from scipy import ndimage
 
 import fm2s
-from fm2s.classical import generalized_anscombe, inverse_generalized_anscombe, vst_nlm
+from fm2s.classical import (
+    generalized_anscombe,
+    inverse_generalized_anscombe,
+    nlm_window,
+    vst_nlm,
+)
 from fm2s.denoise import SURE_EPS, sure_weight, sure_weights
+from fm2s.noise import correlated_normal, lowfreq_gain
 from fm2s.synthetic import clean_plane
 
 
@@ -40,6 +46,24 @@ def test_vst_nlm_denoises_poisson_gaussian_and_gaussian_planes(gain, read_var):
     np.testing.assert_array_equal(noisy, before)
     assert out.shape == noisy.shape and out.dtype == np.float64
     assert psnr(truth, out) > psnr(truth, noisy) + 3.0
+
+
+def test_the_nlm_patch_holds_as_many_independent_noise_samples_as_5x5_on_white_noise():
+    assert nlm_window(1.0) == (5, 6)  # scikit-image's example
+    assert nlm_window(lowfreq_gain(0.65)) == (11, 12)  # G = 5.0: 121 / 5 ~ 25 samples
+    assert nlm_window(1e6) == (15, 16)
+
+
+def test_larger_patches_denoise_correlated_noise_better():
+    import torch
+
+    truth = 100.0 * clean_plane((128, 128), seed=6)
+    corr = 0.65
+    noise = correlated_normal(truth.shape, corr, generator=torch.Generator().manual_seed(7))
+    noisy = truth + 4.0 * noise.numpy().astype(np.float64)
+    white = vst_nlm(noisy, 0.0, 16.0)
+    matched = vst_nlm(noisy, 0.0, 16.0, lowfreq_gain(corr))
+    assert psnr(truth, matched) > psnr(truth, white) + 0.5
 
 
 @pytest.mark.parametrize(("plane", "gain", "read_var", "message"), [
