@@ -20,8 +20,9 @@ file names) it scores, with skimage's PSNR (data range 255) and SSIM:
 * ``auto-12bit``: the same on the image stored as a 12-bit camera stores into uint16 (x 16, no
   ``data_range``), the result divided by 16 and rounded back to 8 bits before scoring.
 
-The ``params`` of ``auto`` rows hold the blend weights: ``blend`` of the network's output and
-``blend_nlm`` of non-local means'.
+The ``params`` of ``auto`` rows hold the blend weights: ``blend`` of the network's output,
+``blend_nlm`` of non-local means' and ``blend_guided_nlm`` of non-local means guided by the
+network's output.
 
 Rows are appended to the CSV as they finish and rows already there are skipped, so an
 interrupted run resumes (the pattern of ``benchmarks/quality.py``, whose helpers it reuses).
@@ -75,7 +76,7 @@ def run_method(method: str, noisy: np.ndarray, group: str, threads: int):
         settings = info["settings"]
         params = {k: settings[k] for k in ("median_size", "channels", "k_g", "k_p", "lam_p")}
         params.update(blend=info.get("blend"), blend_nlm=info.get("blend_nlm"),
-                      estimate=info["estimate"])
+                      blend_guided_nlm=info.get("blend_guided_nlm"), estimate=info["estimate"])
         if method != "auto-12bit":
             return result.image, params
         return np.clip(np.rint(result.image / 16), 0, 255).astype(np.uint8), params

@@ -10,6 +10,8 @@ broad correlated noise of wide-field cameras over larger patches than the networ
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 __all__ = ["generalized_anscombe", "inverse_generalized_anscombe", "nlm_window", "vst_nlm"]
 
@@ -63,9 +65,15 @@ def inverse_generalized_anscombe(d: np.ndarray, gain: float, read_var: float) ->
     return np.maximum(u, 0.0) * gain
 
 
-def vst_nlm(plane: np.ndarray, gain: float, read_var: float,
-            lowfreq_gain: float = 1.0) -> np.ndarray:
+def vst_nlm(plane: np.ndarray, gain: float, read_var: float, lowfreq_gain: float = 1.0, *,
+            guide: np.ndarray | None = None, device: str | torch.device = "cpu") -> np.ndarray:
     """Non-local means of a Poisson-Gaussian plane through a variance-stabilising transform.
+
+    Every pixel becomes a weighted mean of the pixels within the search distance, weighted by
+    ``exp(-max(d - 2, 0) / h^2)`` for the mean squared difference ``d`` of the two pixels'
+    stabilised patches and ``h = NLM_H`` (scikit-image's fast mode,
+    ``skimage.restoration.denoise_nl_means``). With a `guide`, the patches are the guide's,
+    taken as noise-free: ``exp(-d / h^2)`` (computed with torch, on `device`).
 
     Parameters
     ----------
@@ -78,31 +86,88 @@ def vst_nlm(plane: np.ndarray, gain: float, read_var: float,
     lowfreq_gain : float
         The noise's spatial correlation as :func:`fm2s.noise.lowfreq_gain` (1: white noise);
         it sets the patch size and search distance (:func:`nlm_window`).
+    guide : ndarray, shape (H, W), optional
+        An estimate of the clean plane, in the plane's units, whose patches decide which
+        pixels are alike. None: the plane itself (classical non-local means).
+    device : str or torch.device
+        Where the guided version computes.
 
     Returns
     -------
     ndarray, float64, shape (H, W)
         The estimate, in the plane's units. Beyond the patch size, the noise's spatial
-        correlation is not modelled: non-local means is told unit-variance noise.
+        correlation is not modelled.
     """
-    from skimage.restoration import denoise_nl_means
-
     plane = np.asarray(plane, dtype=np.float64)
     if plane.ndim != 2:
         raise ValueError(f"vst_nlm: expected a 2D plane, got shape {plane.shape}")
+    if guide is not None and np.shape(guide) != plane.shape:
+        raise ValueError(f"vst_nlm: guide of shape {np.shape(guide)} for a plane of shape "
+                         f"{plane.shape}")
     if read_var < 0 and gain <= 0 or gain < 0:
         raise ValueError(f"vst_nlm: no noise model in gain={gain}, read_var={read_var}")
-
-    patch_size, patch_distance = nlm_window(lowfreq_gain)
-
-    def smooth(d):
-        return denoise_nl_means(d, h=NLM_H, sigma=1.0, fast_mode=True, patch_size=patch_size,
-                                patch_distance=patch_distance)
-
     if gain <= 1e-6 * np.sqrt(max(read_var, 0.0)):
         if read_var <= 0:
             raise ValueError(f"vst_nlm: no noise model in gain={gain}, read_var={read_var}")
         std = np.sqrt(read_var)
-        return smooth(plane / std) * std
-    stabilised = generalized_anscombe(plane, gain, read_var)
-    return inverse_generalized_anscombe(smooth(stabilised), gain, read_var)
+
+        def forward(x):
+            return x / std
+
+        def inverse(d):
+            return d * std
+    else:
+        def forward(x):
+            return generalized_anscombe(x, gain, read_var)
+
+        def inverse(d):
+            return inverse_generalized_anscombe(d, gain, read_var)
+
+    stabilised = forward(plane)
+    patch_size, patch_distance = nlm_window(lowfreq_gain)
+    if guide is None:
+        from skimage.restoration import denoise_nl_means
+
+        smoothed = denoise_nl_means(stabilised, h=NLM_H, sigma=1.0, fast_mode=True,
+                                    patch_size=patch_size, patch_distance=patch_distance)
+    else:
+        smoothed = _guided_nl_means(stabilised, forward(np.asarray(guide, dtype=np.float64)),
+                                    patch_size, patch_distance, torch.device(device))
+    return inverse(smoothed)
+
+
+def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
+                     patch_distance: int, device: torch.device) -> np.ndarray:
+    """Fast non-local means (one pass per offset, patch distances by box sums) of `values`
+    with the patch similarities of the noise-free `guide`: weights ``exp(-d / h^2)``."""
+    height, width = values.shape
+    reach = min(patch_distance, height - 1, width - 1)  # reflection needs pad < size
+    z = torch.as_tensor(values, dtype=torch.float32, device=device)
+    g = torch.as_tensor(guide, dtype=torch.float32, device=device)
+    z_pad = F.pad(z[None, None], (reach,) * 4, mode="reflect")[0, 0]
+    g_pad = F.pad(g[None, None], (reach,) * 4, mode="reflect")[0, 0]
+    total = torch.zeros_like(z)
+    weights = torch.zeros_like(z)
+    counts = _box_sums(torch.ones_like(z)[None], patch_size)[0]  # patch pixels in the plane
+    scale = 1.0 / NLM_H**2
+    span = range(2 * reach + 1)
+    for dy in span:  # one row of offsets at a time: a batch of shifted planes
+        g_shift = torch.stack([g_pad[dy:dy + height, dx:dx + width] for dx in span])
+        distance = _box_sums((g - g_shift) ** 2, patch_size).div_(counts)
+        weight = torch.exp_(distance.mul_(-scale))
+        z_shift = torch.stack([z_pad[dy:dy + height, dx:dx + width] for dx in span])
+        total += (weight * z_shift).sum(0)
+        weights += weight.sum(0)
+    return (total / weights).double().cpu().numpy()
+
+
+def _box_sums(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Sums over the ``size x size`` windows centred on each pixel of the planes ``x``
+    (N, H, W), zeros outside: cumulative sums along each axis, so the cost does not grow with
+    the window."""
+    half = size // 2
+    c = F.pad(x, (0, 0, half + 1, half)).cumsum(1)
+    x = c[:, size:] - c[:, :-size]
+    c = F.pad(x, (half + 1, half)).cumsum(2)
+    return c[:, :, size:] - c[:, :, :-size]
+

@@ -577,16 +577,21 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
                 infos[i] = {**info, "blend": float(f"{weight:.6g}")}
                 continue
             # The classical estimate's noise model: the plane's, rounding included.
+            # Non-local means, classical and with the patch similarities of the network's
+            # output (for the probe, of its output on the probed plane, so that SURE sees the
+            # whole map): each wins where the other fails (FMD two-photon tissue / wide-field).
             model = (settings.gain, settings.read_var + quants[i],
                      lowfreq_gain(settings.noise_corr))
-            classical = vst_nlm(works[i], *model)
-            weights = sure_weights(works[i], [cleans[i], classical], probes[i],
-                                   [moved[i], vst_nlm(probed[i], *model)], variances[i],
+            candidates = [cleans[i], vst_nlm(works[i], *model),
+                          vst_nlm(works[i], *model, guide=cleans[i], device=device)]
+            shifted = [moved[i], vst_nlm(probed[i], *model),
+                       vst_nlm(probed[i], *model, guide=moved[i], device=device)]
+            weights = sure_weights(works[i], candidates, probes[i], shifted, variances[i],
                                    quants[i])
-            cleans[i] = (works[i] + weights[0] * (cleans[i] - works[i])
-                         + weights[1] * (classical - works[i]))
-            infos[i] = {**info, "blend": float(f"{weights[0]:.6g}"),
-                        "blend_nlm": float(f"{weights[1]:.6g}")}
+            cleans[i] = works[i] + sum(w * (c - works[i])
+                                       for w, c in zip(weights, candidates, strict=True))
+            infos[i] = {**info, **{name: float(f"{w:.6g}") for name, w in zip(
+                ("blend", "blend_nlm", "blend_guided_nlm"), weights, strict=True)}}
     seconds = (time.perf_counter() - began) / len(planes)
     return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
                         p.scale, info)

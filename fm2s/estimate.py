@@ -749,8 +749,9 @@ def provenance_record(references: dict[str, Any], plane_infos: dict[str, Any]) -
     dict
         ``method`` (a sentence), ``check`` (the per-plane tolerances), ``references``, and
         ``planes``: per plane its ``source`` (``"channel"`` or ``"plane"``), own
-        ``plane_std_dn``, ``blend`` weight (and ``blend_nlm``, with the ``sure-nlm`` blend) and
-        the estimated settings fields; planes that used their own estimate also keep it in full.
+        ``plane_std_dn``, ``blend`` weight (with ``sure-nlm`` also ``blend_nlm`` and
+        ``blend_guided_nlm``) and the estimated settings fields; planes that used their own
+        estimate also keep it in full.
     """
     planes = {}
     for label, info in sorted(plane_infos.items()):
@@ -760,8 +761,9 @@ def provenance_record(references: dict[str, Any], plane_infos: dict[str, Any]) -
         entry = {"source": info.get("source"), "plane_std_dn": info.get("plane_std_dn"),
                  "blend": info.get("blend"),
                  **{k: settings.get(k, 0.0) for k in AUTO_FIELDS}}
-        if "blend_nlm" in info:  # the sure-nlm blend's weight of its classical estimate
-            entry["blend_nlm"] = info["blend_nlm"]
+        for weight in ("blend_nlm", "blend_guided_nlm"):  # the sure-nlm blend's
+            if weight in info:
+                entry[weight] = info[weight]
         if info.get("source") == "plane":
             entry["estimate"] = info.get("estimate")
         planes[label] = entry

@@ -40,11 +40,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Chosen per plane from its own noise estimate (fm2s.estimate): a Poisson-Gaussian model with
     # the plane's gain, read variance and spatial correlation, a median window that averages
     # as many independent noise samples as a 3 x 3 window does on white noise, and a SURE-chosen
-    # blend of the network's output, a classical estimate (non-local means on the
-    # variance-stabilised plane) and the input (+0.02 to +0.65 dB per microscope type and FMD
-    # level against network and input alone, for about 0.5 s per 512 x 512 plane). One
-    # channel: with n copies, each with its own noise draw, the network learns to average the
-    # copies, which removes nothing at inference, where every copy is the same real plane
+    # blend of the network's output, non-local means on the variance-stabilised plane
+    # (classical, and guided by the network's output) and the input (docs/noise-estimation.md).
+    # One channel: with n copies, each with its own noise draw, the network learns to average
+    # the copies, which removes nothing at inference, where every copy is the same real plane
     # (+0.56 dB on FMD raw images against n = 2). The values of AUTO_FIELDS here are
     # placeholders until resolved.
     "auto": dict(channels=1, region_size=75, median_size=3, k_g=0.0, k_p=30.0, lam_p=70.0,
@@ -171,9 +170,11 @@ class Settings:
         ``sure``: output ``w * net + (1 - w) * input`` with the weight ``w`` in [0, 1] that
         minimises Stein's unbiased risk estimate under the Poisson-Gaussian model above (needs
         ``gain``/``read_var``); keeps low-noise planes from being over-smoothed.
-        ``sure-nlm``: the same risk estimate also weighs a classical estimate, non-local means
-        on the variance-stabilised plane (:func:`fm2s.classical.vst_nlm`):
-        ``input + w1 (net - input) + w2 (nlm - input)``, ``w1, w2 >= 0``, ``w1 + w2 <= 1``.
+        ``sure-nlm``: the same risk estimate also weighs two estimates by non-local means on
+        the variance-stabilised plane (:func:`fm2s.classical.vst_nlm`), classical and with the
+        patch similarities of the network's output:
+        ``input + w1 (net - input) + w2 (nlm - input) + w3 (guided nlm - input)``, weights
+        ``>= 0`` summing to at most 1.
     group_size : int
         In a stack, planes per shared network (:mod:`fm2s.engine`): consecutive planes of one
         channel whose noise agrees train one network together. 1: a network per plane (the

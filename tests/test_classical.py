@@ -66,6 +66,17 @@ def test_larger_patches_denoise_correlated_noise_better():
     assert psnr(truth, matched) > psnr(truth, white) + 0.5
 
 
+def test_a_clean_guide_finds_the_alike_patches_better_than_the_noisy_plane():
+    truth = 100.0 * clean_plane((64, 64), seed=2)
+    noisy = poisson_gaussian(truth, 1.0, 4.0, seed=3)
+    plain = vst_nlm(noisy, 1.0, 4.0)
+    guided = vst_nlm(noisy, 1.0, 4.0, guide=truth)
+    assert psnr(truth, guided) > psnr(truth, plain) + 1.0
+    # The guide only weighs: a constant guide makes every offset alike, a box mean.
+    flat = vst_nlm(noisy, 1.0, 4.0, guide=np.full_like(noisy, 50.0))
+    assert psnr(truth, flat) < psnr(truth, guided)
+
+
 @pytest.mark.parametrize(("plane", "gain", "read_var", "message"), [
     (np.zeros((4, 4, 2)), 1.0, 1.0, "2D plane"),
     (np.zeros((8, 8)), 0.0, 0.0, "no noise model"),
@@ -74,6 +85,11 @@ def test_larger_patches_denoise_correlated_noise_better():
 def test_vst_nlm_rejects_what_it_cannot_denoise(plane, gain, read_var, message):
     with pytest.raises(ValueError, match=message):
         vst_nlm(plane, gain, read_var)
+
+
+def test_vst_nlm_rejects_a_guide_of_another_shape():
+    with pytest.raises(ValueError, match="guide of shape"):
+        vst_nlm(np.ones((8, 8)), 1.0, 1.0, guide=np.ones((8, 9)))
 
 
 def smoothing_candidates(sigma=10.0, seed=5):
@@ -125,7 +141,7 @@ def test_sure_nlm_blend_denoises_and_reports_its_weights():
     noisy = noisy_plane(clean_plane((64, 64), seed=1), photons=20, seed=2)
     result = fm2s.denoise(noisy, steps=40, crop_size=48, device="cpu", blend="sure-nlm",
                           return_info=True)
-    net, nlm = result.info["blend"], result.info["blend_nlm"]
-    assert net >= 0 and nlm >= 0 and net + nlm <= 1 + 1e-6
+    weights = [result.info[k] for k in ("blend", "blend_nlm", "blend_guided_nlm")]
+    assert min(weights) >= 0 and sum(weights) <= 1 + 1e-6
     assert result.info["settings"]["blend"] == "sure-nlm"
     assert psnr(truth, result.image.astype(float)) > psnr(truth, noisy.astype(float)) + 3.0
