@@ -13,7 +13,8 @@ stack engine (:func:`fm2s.engine.denoise_stack_planes`) with each method, scored
 against the ground truth (PSNR, data range 255; SSIM). Methods are ``per-plane``
 (``group_size=1``: the paper's network per plane, bitwise the pre-0.4 result) and
 ``shared-<samples>[-g<size>]`` (one network per group of up to ``<size>`` planes, default
-the recipe's, ``group_samples=<samples>``). ``synthetic``: a
+the recipe's, ``group_samples=<samples>``), either with ``-sure`` appended for
+``blend="sure"`` (the blend of network and input alone, before 0.5.0). ``synthetic``: a
 64-plane time-lapse from :func:`fm2s.synthetic.clean_plane` whose brightness fades to half
 (bleaching), Poisson-Gaussian noise, clean truth known.
 
@@ -61,10 +62,15 @@ def done_rows(path: Path) -> set[tuple[str, str, str, str]]:
 
 
 def settings_of(method: str) -> fm2s.Settings:
+    """``per-plane`` or ``shared-<samples>[-g<group size>]``, either with ``-sure`` appended
+    for ``blend="sure"`` (network and input alone, the blend before 0.5.0)."""
+    method, sure = method.removesuffix("-sure"), method.endswith("-sure")
+    extra = {"blend": "sure"} if sure else {}
     if method == "per-plane":
-        return fm2s.make_settings(group_size=1)
-    _, samples, *size = method.split("-")  # shared-<samples>[-g<group size>]
-    extra = {"group_size": int(size[0][1:])} if size else {}
+        return fm2s.make_settings(group_size=1, **extra)
+    _, samples, *size = method.split("-")
+    if size:
+        extra["group_size"] = int(size[0][1:])
     return fm2s.make_settings(group_samples=int(samples), **extra)
 
 

@@ -26,6 +26,9 @@ NLM_H = 0.8
 #: :func:`fm2s.estimate.median_window` does for the median), up to this side; the search
 #: distance grows with it (side + 1).
 NLM_PATCH_MAX = 15
+#: Guided NLM handles its offsets a row at a time, in batches of shifted planes of at most
+#: this many pixels in all (32 MB per float32 array; a few such arrays at a time).
+NLM_BATCH_PIXELS = 2**23
 
 
 def nlm_window(lowfreq_gain: float = 1.0) -> tuple[int, int]:
@@ -150,12 +153,16 @@ def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
     weights = torch.zeros_like(z)
     counts = _box_sums(torch.ones_like(z)[None], patch_size)[0]  # patch pixels in the plane
     scale = 1.0 / NLM_H**2
-    span = range(2 * reach + 1)
-    for dy in span:  # one row of offsets at a time: a batch of shifted planes
-        g_shift = torch.stack([g_pad[dy:dy + height, dx:dx + width] for dx in span])
+    span = 2 * reach + 1
+    batch = max(1, min(span, NLM_BATCH_PIXELS // (height * width)))
+    # A row of offsets at a time (split on large planes): a batch of shifted planes.
+    chunks = [[(dy, dx) for dx in range(start, min(start + batch, span))]
+              for dy in range(span) for start in range(0, span, batch)]
+    for chunk in chunks:
+        g_shift = torch.stack([g_pad[dy:dy + height, dx:dx + width] for dy, dx in chunk])
         distance = _box_sums((g - g_shift) ** 2, patch_size).div_(counts)
         weight = torch.exp_(distance.mul_(-scale))
-        z_shift = torch.stack([z_pad[dy:dy + height, dx:dx + width] for dx in span])
+        z_shift = torch.stack([z_pad[dy:dy + height, dx:dx + width] for dy, dx in chunk])
         total += (weight * z_shift).sum(0)
         weights += weight.sum(0)
     return (total / weights).double().cpu().numpy()
