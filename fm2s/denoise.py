@@ -576,10 +576,10 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
                 cleans[i] = weight * cleans[i] + (1.0 - weight) * works[i]
                 infos[i] = {**info, "blend": float(f"{weight:.6g}")}
                 continue
-            # The classical estimate's noise model: the plane's, rounding included.
-            # Non-local means, classical and with the patch similarities of the network's
-            # output (for the probe, of its output on the probed plane, so that SURE sees the
-            # whole map): each wins where the other fails (FMD two-photon tissue / wide-field).
+            # Non-local means (the plane's noise model, rounding included), classical and with
+            # the patch similarities of the network's output (for the probe, of its output on
+            # the probed plane, so that SURE sees the whole map): each wins where the other
+            # fails (FMD two-photon tissue / wide-field).
             model = (settings.gain, settings.read_var + quants[i],
                      lowfreq_gain(settings.noise_corr))
             candidates = [cleans[i], vst_nlm(works[i], *model),
