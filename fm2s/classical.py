@@ -1,20 +1,29 @@
-"""Non-local means of Poisson-Gaussian planes on the generalized Anscombe transform.
+"""Classical estimates of Poisson-Gaussian planes on the generalized Anscombe transform.
 
-The classical and the guided estimates of the ``sure-nlm`` blend
+Non-local means, the classical and the guided estimates of the ``sure-nlm`` blend
 (:func:`fm2s.denoise.sure_weights`): no training, about 0.25 s (classical) and 0.5 s (guided)
 per pass over a 512 x 512 plane with white noise on one core, 3-4x that with the larger
 patches of correlated noise. Their errors differ from the network's: they keep fine repeated
 texture that the network smooths, and average the broad correlated noise of wide-field
 cameras over larger patches than the network sees.
+
+The empirical Wiener filter of :func:`vst_wiener` refines that blend on white-noise planes
+(the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 1 s per
+512 x 512 plane on one core.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 import torch
 import torch.nn.functional as F
+from scipy import signal
 
-__all__ = ["generalized_anscombe", "inverse_generalized_anscombe", "nlm_window", "vst_nlm"]
+from .estimate import noise_kernel
+
+__all__ = ["generalized_anscombe", "inverse_generalized_anscombe", "nlm_window", "vst_nlm",
+           "vst_wiener", "dct_noise_variance"]
 
 #: Non-local means on the stabilised plane (unit noise variance), for white noise: the
 #: parameters of scikit-image's own example (5 x 5 patches, search distance 6, h = 0.8 sigma),
@@ -30,6 +39,13 @@ NLM_PATCH_MAX = 15
 #: Guided NLM handles its offsets a row at a time, in batches of shifted planes of at most
 #: this many pixels in all (32 MB per float32 array; a few such arrays at a time).
 NLM_BATCH_PIXELS = 2**23
+#: Side of the empirical Wiener filter's square DCT patches (BM3D's second step: 8).
+WIENER_PATCH = 8
+#: Kaiser window (beta) that weighs each patch's pixels when patches are put back together.
+WIENER_KAISER_BETA = 2.0
+#: The Wiener filter handles the patches of a band of rows at a time: at most this many DCT
+#: coefficients (float32) per band.
+WIENER_BATCH_COEFFICIENTS = 2**22
 
 
 def nlm_window(lowfreq_gain: float = 1.0) -> tuple[int, int]:
@@ -108,25 +124,7 @@ def vst_nlm(plane: np.ndarray, gain: float, read_var: float, lowfreq_gain: float
     if guide is not None and np.shape(guide) != plane.shape:
         raise ValueError(f"vst_nlm: guide of shape {np.shape(guide)} for a plane of shape "
                          f"{plane.shape}")
-    if gain < 0:
-        raise ValueError(f"vst_nlm: no noise model in gain={gain}, read_var={read_var}")
-    if gain <= 1e-6 * np.sqrt(max(read_var, 0.0)):
-        if read_var <= 0:
-            raise ValueError(f"vst_nlm: no noise model in gain={gain}, read_var={read_var}")
-        std = np.sqrt(read_var)
-
-        def forward(x):
-            return x / std
-
-        def inverse(d):
-            return d * std
-    else:
-        def forward(x):
-            return generalized_anscombe(x, gain, read_var)
-
-        def inverse(d):
-            return inverse_generalized_anscombe(d, gain, read_var)
-
+    forward, inverse = _stabiliser(gain, read_var, "vst_nlm")
     stabilised = forward(plane)
     patch_size, patch_distance = nlm_window(lowfreq_gain)
     if guide is None:
@@ -138,6 +136,109 @@ def vst_nlm(plane: np.ndarray, gain: float, read_var: float, lowfreq_gain: float
         smoothed = _guided_nl_means(stabilised, forward(np.asarray(guide, dtype=np.float64)),
                                     patch_size, patch_distance, torch.device(device))
     return inverse(smoothed)
+
+
+def _stabiliser(gain: float, read_var: float, caller: str):
+    """``(forward, inverse)``: the generalized Anscombe transform of the noise model and its
+    inverse, or a plain scaling to unit variance without a signal-dependent part."""
+    if gain < 0:
+        raise ValueError(f"{caller}: no noise model in gain={gain}, read_var={read_var}")
+    if gain <= 1e-6 * np.sqrt(max(read_var, 0.0)):
+        if read_var <= 0:
+            raise ValueError(f"{caller}: no noise model in gain={gain}, read_var={read_var}")
+        std = np.sqrt(read_var)
+        return (lambda x: x / std), (lambda d: d * std)
+    return (lambda x: generalized_anscombe(x, gain, read_var),
+            lambda d: inverse_generalized_anscombe(d, gain, read_var))
+
+
+def dct_noise_variance(line_corr: float = 0.0, patch: int = WIENER_PATCH) -> np.ndarray:
+    """Variance of each coefficient of the orthonormal 2-D DCT of a ``patch x patch`` patch of
+    unit-variance noise with the scan-line correlation `line_corr` (:func:`fm2s.estimate.noise_kernel`;
+    0: white noise, every coefficient 1), shape ``(patch, patch)``."""
+    basis = scipy.fft.dct(np.eye(patch), norm="ortho", axis=0)  # row k: the k-th cosine
+    kernel = noise_kernel(0.0, line_corr)
+    variance = np.empty((patch, patch))
+    for u in range(patch):
+        for v in range(patch):
+            # A coefficient <b, k * w> of white w is <k' * b, w>: its variance is ||k' * b||^2.
+            flipped = kernel[::-1, ::-1]
+            variance[u, v] = (signal.convolve2d(np.outer(basis[u], basis[v]), flipped) ** 2).sum()
+    return variance
+
+
+def vst_wiener(plane: np.ndarray, pilot: np.ndarray, gain: float, read_var: float,
+               line_corr: float = 0.0, *, device: str | torch.device = "cpu") -> np.ndarray:
+    """Empirical Wiener filter of a Poisson-Gaussian plane in sliding DCT patches, with the
+    spectrum of a pilot estimate, through a variance-stabilising transform.
+
+    On the stabilised plane (unit noise variance, :func:`generalized_anscombe`), every
+    ``WIENER_PATCH``-square patch's 2-D DCT coefficients ``c`` are shrunk by
+    ``p^2 / (p^2 + s^2)``, where ``p`` is the same coefficient of the pilot's patch and ``s^2``
+    the noise's variance there (:func:`dct_noise_variance`); the patches (one at every pixel)
+    are put back with a Kaiser window and the weight ``1 / sum(shrink^2 s^2)`` of each patch,
+    as in the second step of BM3D (Dabov et al., IEEE TIP 16(8), 2007) without its block
+    matching. The pilot's errors then cost less than they would as the output: the filter
+    keeps what the pilot says is signal from the plane itself.
+
+    Parameters
+    ----------
+    plane : ndarray, shape (H, W)
+        The noisy plane; both sides at least ``WIENER_PATCH``.
+    pilot : ndarray, shape (H, W)
+        An estimate of the clean plane, in the plane's units.
+    gain, read_var : float
+        The noise model, as for :func:`vst_nlm`.
+    line_corr : float
+        Lag-1 correlation of the noise along rows (:attr:`fm2s.estimate.NoiseEstimate.line_corr`);
+        noise correlated otherwise is not modelled.
+    device : str or torch.device
+        Where it computes.
+
+    Returns
+    -------
+    ndarray, float64, shape (H, W)
+        The estimate, in the plane's units.
+    """
+    plane = np.asarray(plane, dtype=np.float64)
+    if plane.ndim != 2 or min(plane.shape) < WIENER_PATCH:
+        raise ValueError(f"vst_wiener: expected a 2D plane of at least {WIENER_PATCH} x "
+                         f"{WIENER_PATCH} pixels, got shape {plane.shape}")
+    if np.shape(pilot) != plane.shape:
+        raise ValueError(f"vst_wiener: pilot of shape {np.shape(pilot)} for a plane of shape "
+                         f"{plane.shape}")
+    forward, inverse = _stabiliser(gain, read_var, "vst_wiener")
+    device = torch.device(device)
+    size = WIENER_PATCH
+    cosines = scipy.fft.dct(np.eye(size), norm="ortho", axis=0)
+    basis = torch.as_tensor(np.einsum("ui,vj->uvij", cosines, cosines).reshape(-1, 1, size, size),
+                            dtype=torch.float32, device=device)
+    noise_var = torch.as_tensor(dct_noise_variance(line_corr, size).reshape(1, -1, 1, 1),
+                                dtype=torch.float32, device=device)
+    taper = np.kaiser(size, WIENER_KAISER_BETA)
+    window = torch.as_tensor(np.outer(taper, taper), dtype=torch.float32, device=device)
+
+    def padded(x):  # every patch that holds a pixel of the plane, reflected at the borders
+        t = torch.as_tensor(forward(x), dtype=torch.float32, device=device)[None, None]
+        return F.pad(t, (size - 1,) * 4, mode="reflect")
+
+    values, guide = padded(plane), padded(np.asarray(pilot, dtype=np.float64))
+    height, width = plane.shape
+    total = torch.zeros((1, 1, height + 2 * (size - 1), width + 2 * (size - 1)), device=device)
+    weights = torch.zeros_like(total)
+    corners = height + size - 1  # patch positions per column of the padded plane
+    band = max(1, WIENER_BATCH_COEFFICIENTS // (size * size * (width + size - 1)))
+    for top in range(0, corners, band):
+        rows = slice(top, min(top + band, corners) + size - 1)
+        coefficients = F.conv2d(values[:, :, rows], basis)
+        spectrum = F.conv2d(guide[:, :, rows], basis).square_()
+        shrink = spectrum / (spectrum + noise_var)
+        weight = 1.0 / (shrink.square() * noise_var).sum(1, keepdim=True).clamp_min(1e-8)
+        total[:, :, rows] += F.conv_transpose2d(shrink * coefficients * weight, basis * window)
+        weights[:, :, rows] += F.conv_transpose2d(weight, window[None, None])
+    inner = (slice(None), slice(None), slice(size - 1, size - 1 + height),
+             slice(size - 1, size - 1 + width))
+    return inverse((total[inner] / weights[inner])[0, 0].double().cpu().numpy())
 
 
 def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,

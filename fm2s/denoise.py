@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .classical import vst_nlm
+from .classical import WIENER_PATCH, vst_nlm, vst_wiener
 from .intensity import (
     fills_little_of_dtype,
     intensity_range,
@@ -559,7 +559,7 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
     cleans = predict_batch(network.model, works, device, turn_average=settings.turn_average,
                            batch=batch).astype(np.float64)
     infos = [p.info for p in planes]
-    if settings.blend in ("sure", "sure-nlm"):
+    if settings.blend in ("sure", "sure-nlm", "sure-nlm-wiener"):
         # On the boosted scale, where the settings' noise model holds; w is scale-free.
         quants = [boost**2 * rounding_variance(p.plane, p.scale) for p in planes]
         variances = [sure_variance(clean, settings) for clean in cleans]
@@ -592,6 +592,15 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
                                        for w, c in zip(weights, candidates, strict=True))
             infos[i] = {**info, **{name: float(f"{w:.6g}") for name, w in zip(
                 ("blend", "blend_nlm", "blend_guided_nlm"), weights, strict=True)}}
+            if settings.blend == "sure-nlm-wiener":
+                # The empirical Wiener filter's spectrum is the noise model's: left out where
+                # that model is a correlated one, whose broad part a single plane misses
+                # (docs/noise-estimation.md), and on planes smaller than its patches.
+                refine = settings.noise_corr <= 0 and min(works[i].shape) >= WIENER_PATCH
+                if refine:
+                    cleans[i] = vst_wiener(works[i], cleans[i], *model[:2],
+                                           settings.noise_line_corr, device=device)
+                infos[i]["wiener"] = refine
     seconds = (time.perf_counter() - began) / len(planes)
     return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
                         p.scale, info)

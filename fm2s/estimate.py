@@ -750,7 +750,8 @@ def provenance_record(references: dict[str, Any], plane_infos: dict[str, Any]) -
         ``method`` (a sentence), ``check`` (the per-plane tolerances), ``references``, and
         ``planes``: per plane its ``source`` (``"channel"`` or ``"plane"``), own
         ``plane_std_dn``, ``blend`` weight (with ``sure-nlm`` also ``blend_nlm`` and
-        ``blend_guided_nlm``) and the estimated settings fields; planes that used their own
+        ``blend_guided_nlm``; with ``sure-nlm-wiener`` also ``wiener``, whether the Wiener
+        filter refined the blend) and the estimated settings fields; planes that used their own
         estimate also keep it in full.
     """
     planes = {}
@@ -761,9 +762,9 @@ def provenance_record(references: dict[str, Any], plane_infos: dict[str, Any]) -
         entry = {"source": info.get("source"), "plane_std_dn": info.get("plane_std_dn"),
                  "blend": info.get("blend"),
                  **{k: settings.get(k, 0.0) for k in AUTO_FIELDS}}
-        for weight in ("blend_nlm", "blend_guided_nlm"):  # the sure-nlm blend's
-            if weight in info:
-                entry[weight] = info[weight]
+        for field in ("blend_nlm", "blend_guided_nlm", "wiener"):  # of the sure-nlm blends
+            if field in info:
+                entry[field] = info[field]
         if info.get("source") == "plane":
             entry["estimate"] = info.get("estimate")
         planes[label] = entry

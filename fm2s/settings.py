@@ -48,10 +48,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # placeholders until resolved.
     "auto": dict(channels=1, region_size=75, median_size=3, k_g=0.0, k_p=30.0, lam_p=70.0,
                  noise_model="poisson-gaussian", gain=0.0, read_var=0.0, noise_corr=0.0,
-                 blend="sure-nlm", auto_fields=AUTO_FIELDS),
+                 blend="sure-nlm-wiener", auto_fields=AUTO_FIELDS),
 }
 NOISE_MODELS = ("fm2s", "poisson-gaussian")
-_BLENDS = ("none", "sure", "sure-nlm")
+_BLENDS = ("none", "sure", "sure-nlm", "sure-nlm-wiener")
 # Fields added after the first release: written by to_dict only when they differ from their
 # defaults, so the digests (and workflow result names) of existing settings do not change.
 _OPTIONAL = {"noise_model": "fm2s", "gain": 0.0, "read_var": 0.0, "noise_corr": 0.0,
@@ -166,7 +166,7 @@ class Settings:
     noise_line_corr : float
         Lag-1 correlation, in [0, 0.5), that a two-tap moving average along rows adds to the
         ``poisson-gaussian`` noise (the scan lines of point-scanning microscopes); 0: none.
-    blend : {'none', 'sure', 'sure-nlm'}
+    blend : {'none', 'sure', 'sure-nlm', 'sure-nlm-wiener'}
         ``sure``: output ``w * net + (1 - w) * input`` with the weight ``w`` in [0, 1] that
         minimises Stein's unbiased risk estimate under the Poisson-Gaussian model above (needs
         ``gain``/``read_var``); keeps low-noise planes from being over-smoothed.
@@ -175,6 +175,9 @@ class Settings:
         patch similarities of the network's output:
         ``input + w1 (net - input) + w2 (nlm - input) + w3 (guided nlm - input)``, weights
         ``>= 0`` summing to at most 1.
+        ``sure-nlm-wiener``: that blend, then, on planes whose noise is white
+        (``noise_corr`` 0), the empirical Wiener filter of the plane with the blend's spectrum
+        (:func:`fm2s.classical.vst_wiener`).
     group_size : int
         In a stack, planes per shared network (:mod:`fm2s.engine`): consecutive planes of one
         channel whose noise agrees train one network together. 1: a network per plane (the

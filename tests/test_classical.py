@@ -1,4 +1,5 @@
-"""The classical candidate of the ``sure-nlm`` blend and the blend's several-candidate SURE."""
+"""The classical candidates of the ``sure-nlm`` blend, the blend's several-candidate SURE and
+the empirical Wiener filter of the ``sure-nlm-wiener`` blend."""
 
 import numpy as np
 import pytest
@@ -6,10 +7,13 @@ from scipy import ndimage
 
 import fm2s
 from fm2s.classical import (
+    WIENER_PATCH,
+    dct_noise_variance,
     generalized_anscombe,
     inverse_generalized_anscombe,
     nlm_window,
     vst_nlm,
+    vst_wiener,
 )
 from fm2s.denoise import SURE_EPS, sure_weight, sure_weights
 from fm2s.noise import correlated_normal, lowfreq_gain
@@ -145,3 +149,65 @@ def test_sure_nlm_blend_denoises_and_reports_its_weights():
     assert min(weights) >= 0 and sum(weights) <= 1 + 1e-6
     assert result.info["settings"]["blend"] == "sure-nlm"
     assert psnr(truth, result.image.astype(float)) > psnr(truth, noisy.astype(float)) + 3.0
+
+
+def test_dct_noise_variance_matches_sampled_scan_line_noise():
+    import scipy.fft
+    import torch
+
+    from fm2s.noise import correlate_rows
+
+    assert np.allclose(dct_noise_variance(0.0), 1.0)
+    line_corr = 0.3
+    noise = correlate_rows(torch.randn((4000, 7, 8), generator=torch.Generator().manual_seed(4),
+                                       dtype=torch.float64), line_corr).numpy()[:, :, 1:]
+    # Columns 1..7 have a left neighbour: a 7-wide patch of the correlated noise.
+    sampled = scipy.fft.dctn(noise, axes=(1, 2), norm="ortho").var(axis=0)
+    expected = dct_noise_variance(line_corr, 7)
+    np.testing.assert_allclose(sampled, expected, rtol=0.1)
+    # Neighbours that move together: more power at low horizontal frequencies, the same in all.
+    assert expected[:, 0].mean() > 1.4 > 0.6 > expected[:, -1].mean()
+    assert expected.sum() == pytest.approx(49.0)
+
+
+@pytest.mark.parametrize(("gain", "read_var"), [(1.0, 4.0), (0.0, 25.0)])
+def test_the_wiener_filter_improves_on_its_pilot(gain, read_var):
+    truth = 100.0 * clean_plane((96, 96), seed=2)
+    noisy = (poisson_gaussian(truth, gain, read_var, seed=3) if gain
+             else truth + np.random.default_rng(3).normal(0, np.sqrt(read_var), truth.shape))
+    pilot = vst_nlm(noisy, gain, read_var)
+    before = (noisy.copy(), pilot.copy())
+    out = vst_wiener(noisy, pilot, gain, read_var)
+    np.testing.assert_array_equal(noisy, before[0])
+    np.testing.assert_array_equal(pilot, before[1])
+    assert out.shape == noisy.shape and out.dtype == np.float64
+    assert psnr(truth, out) > psnr(truth, pilot) + 0.3
+    # A noise-free pilot: what the filter keeps of the plane is signal.
+    oracle = vst_wiener(noisy, truth, gain, read_var)
+    assert psnr(truth, oracle) > psnr(truth, pilot) + 1.0
+
+
+def test_the_wiener_filter_rejects_bad_shapes():
+    plane = np.ones((32, 32))
+    with pytest.raises(ValueError, match="pilot of shape"):
+        vst_wiener(plane, np.ones((32, 31)), 1.0, 1.0)
+    with pytest.raises(ValueError, match="at least"):
+        vst_wiener(np.ones((WIENER_PATCH - 1, 32)), np.ones((WIENER_PATCH - 1, 32)), 1.0, 1.0)
+    with pytest.raises(ValueError, match="no noise model"):
+        vst_wiener(plane, plane, 0.0, 0.0)
+
+
+def test_the_wiener_refinement_runs_on_white_noise_only():
+    from fm2s.synthetic import noisy_plane
+
+    truth = 255 * clean_plane((64, 64), seed=1)
+    noisy = noisy_plane(clean_plane((64, 64), seed=1), photons=20, seed=2)
+    kwargs = dict(steps=40, crop_size=48, device="cpu", return_info=True)
+    refined = fm2s.denoise(noisy, **kwargs)
+    assert refined.info["settings"]["blend"] == "sure-nlm-wiener"  # auto's default
+    assert refined.info["wiener"] is True
+    blended = fm2s.denoise(noisy, blend="sure-nlm", **kwargs)
+    assert "wiener" not in blended.info
+    assert psnr(truth, refined.image.astype(float)) > psnr(truth, blended.image.astype(float))
+    correlated = fm2s.denoise(noisy, noise_corr=0.8, **kwargs)
+    assert correlated.info["wiener"] is False
