@@ -14,7 +14,8 @@ against the ground truth (PSNR, data range 255; SSIM). Methods are ``per-plane``
 (``group_size=1``: the paper's network per plane, bitwise the pre-0.4 result) and
 ``shared-<samples>[-g<size>]`` (one network per group of up to ``<size>`` planes, default
 the recipe's, ``group_samples=<samples>``), either with ``-sure`` appended for
-``blend="sure"`` (the blend of network and input alone, before 0.5.0). ``synthetic``: a
+``blend="sure"`` (the blend of network and input alone, before 0.5.0) or ``-nlm`` for
+``blend="sure-nlm"`` (0.5.0's, without the Wiener refinement). ``synthetic``: a
 64-plane time-lapse from :func:`fm2s.synthetic.clean_plane` whose brightness fades to half
 (bleaching), Poisson-Gaussian noise, clean truth known.
 
@@ -63,9 +64,12 @@ def done_rows(path: Path) -> set[tuple[str, str, str, str]]:
 
 def settings_of(method: str) -> fm2s.Settings:
     """``per-plane`` or ``shared-<samples>[-g<group size>]``, either with ``-sure`` appended
-    for ``blend="sure"`` (network and input alone, the blend before 0.5.0)."""
-    method, sure = method.removesuffix("-sure"), method.endswith("-sure")
-    extra = {"blend": "sure"} if sure else {}
+    for ``blend="sure"`` (network and input alone, the blend before 0.5.0) or ``-nlm`` for
+    ``blend="sure-nlm"`` (the blend of 0.5.0)."""
+    extra = {}
+    for suffix, blend in (("-sure", "sure"), ("-nlm", "sure-nlm")):
+        if method.endswith(suffix):
+            method, extra = method.removesuffix(suffix), {"blend": blend}
     if method == "per-plane":
         return fm2s.make_settings(group_size=1, **extra)
     _, samples, *size = method.split("-")
