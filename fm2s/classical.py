@@ -14,6 +14,8 @@ The empirical Wiener filter of :func:`vst_wiener` refines that blend on white-no
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import scipy.fft
 import torch
@@ -152,12 +154,18 @@ def _stabiliser(gain: float, read_var: float, caller: str):
             lambda d: inverse_generalized_anscombe(d, gain, read_var))
 
 
+@cache
+def _dct_cosines(size: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix of `size` points: row ``k`` is the ``k``-th cosine."""
+    return scipy.fft.dct(np.eye(size), norm="ortho", axis=0)
+
+
 def dct_noise_variance(line_corr: float = 0.0, patch: int = WIENER_PATCH) -> np.ndarray:
     """Variance of each coefficient of the orthonormal 2-D DCT of a ``patch x patch`` patch of
     unit-variance noise with the scan-line correlation `line_corr`
     (:func:`fm2s.estimate.noise_kernel`; 0: white noise, every coefficient 1), shape
     ``(patch, patch)``."""
-    basis = scipy.fft.dct(np.eye(patch), norm="ortho", axis=0)  # row k: the k-th cosine
+    basis = _dct_cosines(patch)
     kernel = noise_kernel(0.0, line_corr)
     variance = np.empty((patch, patch))
     flipped = kernel[::-1, ::-1]
@@ -211,7 +219,7 @@ def vst_wiener(plane: np.ndarray, pilot: np.ndarray, gain: float, read_var: floa
     forward, inverse = _stabiliser(gain, read_var, "vst_wiener")
     device = torch.device(device)
     size = WIENER_PATCH
-    cosines = scipy.fft.dct(np.eye(size), norm="ortho", axis=0)
+    cosines = _dct_cosines(size)
     basis = torch.as_tensor(np.einsum("ui,vj->uvij", cosines, cosines).reshape(-1, 1, size, size),
                             dtype=torch.float32, device=device)
     noise_var = torch.as_tensor(dct_noise_variance(line_corr, size).reshape(1, -1, 1, 1),
