@@ -17,8 +17,11 @@ file names) it scores, with skimage's PSNR (data range 255) and SSIM:
   column (JSON).
 * ``auto-sure``: ``auto`` with ``blend="sure"``, the blend of network and input alone (``auto``
   before version 0.5.0, whose blend also weighs non-local means: ``blend="sure-nlm"``).
-* ``auto-nlm``: ``auto`` with ``blend="sure-nlm"``, ``auto`` of version 0.5.0 (since 0.6.0 the
-  blend is refined by an empirical Wiener filter on white-noise planes: ``sure-nlm-wiener``).
+* ``auto-nlm``: ``auto`` with ``blend="sure-nlm"`` and ``sure_tile=0``, ``auto`` of version
+  0.5.0 (since 0.6.0 the blend is refined by an empirical Wiener filter on white-noise planes:
+  ``sure-nlm-wiener``).
+* ``auto-plane``: ``auto`` with ``sure_tile=0``, one set of blend weights per plane: ``auto`` of
+  version 0.6.0 (since 0.7.0 the weights are chosen per 32-pixel tile on white-noise planes).
 * ``auto-12bit``: the same on the image stored as a 12-bit camera stores into uint16 (x 16, no
   ``data_range``), the result divided by 16 and rounded back to 8 bits before scoring.
 
@@ -53,9 +56,11 @@ import fm2s  # noqa: E402
 from fm2s.planeio import read_image  # noqa: E402
 
 LEVELS = ("raw", "avg2", "avg4", "avg8", "avg16")
-METHODS = ("noisy", "preset", "confocal", "auto", "auto-sure", "auto-nlm", "auto-12bit")
-#: The blend of each ``auto`` variant that is not the default.
-BLENDS = {"auto-sure": "sure", "auto-nlm": "sure-nlm"}
+METHODS = ("noisy", "preset", "confocal", "auto", "auto-sure", "auto-nlm", "auto-plane",
+           "auto-12bit")
+#: The settings of each ``auto`` variant that differ from the default.
+VARIANTS = {"auto-sure": {"blend": "sure"}, "auto-nlm": {"blend": "sure-nlm", "sure_tile": 0},
+            "auto-plane": {"sure_tile": 0}}
 FIELDS = ["level", "image", "group", "method", "psnr", "ssim", "seconds", "params"]
 #: Mean PSNR of the hand-tuned "FM2S*" per level (arXiv 2412.10031), for reference in the table.
 FM2S_STAR = {"raw": 33.28, "avg2": 34.60, "avg4": 36.57, "avg8": 38.24, "avg16": 40.75}
@@ -71,16 +76,16 @@ def run_method(method: str, noisy: np.ndarray, group: str, threads: int):
     if method == "confocal":
         out = fm2s.denoise(noisy, preset="confocal", seed=0, device="cpu", threads=threads)
         return out, {"preset": "confocal"}
-    if method in ("auto", "auto-sure", "auto-nlm", "auto-12bit"):
+    if method in ("auto", "auto-12bit", *VARIANTS):
         stored = noisy if method != "auto-12bit" else noisy.astype(np.uint16) * 16
-        blend = {"blend": BLENDS[method]} if method in BLENDS else {}
         result = fm2s.denoise(stored, preset="auto", seed=0, device="cpu", threads=threads,
-                              return_info=True, **blend)
+                              return_info=True, **VARIANTS.get(method, {}))
         info = result.info
         settings = info["settings"]
         params = {k: settings[k] for k in ("median_size", "channels", "k_g", "k_p", "lam_p")}
         params.update(blend=info.get("blend"), blend_nlm=info.get("blend_nlm"),
                       blend_guided_nlm=info.get("blend_guided_nlm"), wiener=info.get("wiener"),
+                      sure_tile=info.get("sure_tile"),
                       estimate=info["estimate"])
         if method != "auto-12bit":
             return result.image, params
@@ -178,7 +183,8 @@ def summary(path: Path) -> str:
                      f"{np.mean([ssim[(level, m)][i] for i in members]):.4f}"
                      if psnr[(level, m)] else "-" for m in methods]
             lines.append(f"| {level} | {group} | {len(members)} | " + " | ".join(cells) + " |")
-    for method in [m for m in ("auto", "auto-nlm", "auto-sure") if {"noisy", m} <= set(methods)]:
+    for method in [m for m in ("auto", "auto-plane", "auto-nlm", "auto-sure")
+                   if {"noisy", m} <= set(methods)]:
         lines += ["", f"Per image, `{method}` minus the noisy input (dB):", "",
                   "| level | images below noisy | smallest gain | on |", "|---|---|---|---|"]
         for level in levels:

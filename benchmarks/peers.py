@@ -26,9 +26,12 @@ auto        the same with ``preset="auto"`` (noise estimated from the image; no 
 auto-sure   ``auto`` with ``blend="sure"``: network and input alone, ``auto`` before version
             0.5.0 (whose SURE blend also weighs non-local means on the same transform,
             ``fm2s.classical.vst_nlm``, with fm2s's own noise model of the image)
-auto-nlm    ``auto`` with ``blend="sure-nlm"``: ``auto`` of version 0.5.0 (since 0.6.0 an
-            empirical Wiener filter, ``fm2s.classical.vst_wiener``, refines that blend on
-            white-noise planes)
+auto-nlm    ``auto`` with ``blend="sure-nlm"``, ``sure_tile=0``: ``auto`` of version 0.5.0
+            (since 0.6.0 an empirical Wiener filter, ``fm2s.classical.vst_wiener``, refines
+            that blend on white-noise planes)
+auto-plane  ``auto`` with ``sure_tile=0``, one set of blend weights per plane: ``auto`` of
+            version 0.6.0 (since 0.7.0 SURE weighs the blend per 32-pixel tile on white-noise
+            planes)
 v2          the same with ``recipe="v2"`` (the reference code's schedule)
 ==========  ===================================================================================
 
@@ -106,12 +109,12 @@ from resumable import appending, done_rows
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "fmd" / "test_mix"
 LEVELS = ("raw", "avg2", "avg4", "avg8", "avg16")
-METHODS = ("noisy", "median", "nlm", "bm3d", "bm3d-white", "fast", "auto", "auto-nlm",
-           "auto-sure", "n2v2", "v2")
+METHODS = ("noisy", "median", "nlm", "bm3d", "bm3d-white", "fast", "auto", "auto-plane",
+           "auto-nlm", "auto-sure", "n2v2", "v2")
 # Cheap methods first, so that a partial round still covers them; BM3D (8-13 s per
 # plane here) last.
-RUN_ORDER = ("noisy", "median", "nlm", "fast", "auto", "auto-nlm", "auto-sure", "n2v2", "v2",
-             "bm3d", "bm3d-white")
+RUN_ORDER = ("noisy", "median", "nlm", "fast", "auto", "auto-plane", "auto-nlm", "auto-sure",
+             "n2v2", "v2", "bm3d", "bm3d-white")
 #: Default subsets: method -> (levels, images per level, taken in interleaved order).
 SUBSETS = {"auto-sure": (LEVELS, 5), "n2v2": (LEVELS, 5), "v2": (("raw",), 1)}
 PRESET = {"Confocal": "confocal", "TwoPhoton": "twophoton", "WideField": "widefield"}
@@ -231,7 +234,8 @@ RUNNERS = {
     "nlm": _vst(_nlm),
     "fast": _fm2s("fast"),
     "auto": _fm2s("fast", preset="auto"),
-    "auto-nlm": _fm2s("fast", preset="auto", blend="sure-nlm"),
+    "auto-plane": _fm2s("fast", preset="auto", sure_tile=0),
+    "auto-nlm": _fm2s("fast", preset="auto", blend="sure-nlm", sure_tile=0),
     "auto-sure": _fm2s("fast", preset="auto", blend="sure"),
     "v2": _fm2s("v2"),
     "n2v2": _n2v2,
@@ -258,7 +262,7 @@ def score(truth: np.ndarray, result: np.ndarray) -> tuple[float, float]:
 def worker(method: str, jobs: list[tuple[str, str]], data: Path) -> None:
     """Denoise ``(level, image)`` jobs with one method; print one JSON row per image."""
     # noisy and median never import torch
-    if method in ("fast", "auto", "auto-nlm", "auto-sure", "v2", "n2v2"):
+    if method in ("fast", "auto", "auto-plane", "auto-nlm", "auto-sure", "v2", "n2v2"):
         import torch
 
         torch.set_num_threads(1)

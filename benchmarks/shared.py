@@ -14,10 +14,11 @@ against the ground truth (PSNR, data range 255; SSIM). Methods are ``per-plane``
 (``group_size=1``: the paper's network per plane, bitwise the pre-0.4 result) and
 ``shared-<samples>[-g<size>]`` (one network per group of up to ``<size>`` planes, default
 the recipe's, ``group_samples=<samples>``), either with ``-sure`` appended for
-``blend="sure"`` (the blend of network and input alone, before 0.5.0) or ``-nlm`` for
-``blend="sure-nlm"`` (0.5.0's, without the Wiener refinement). ``synthetic``: a
-64-plane time-lapse from :func:`fm2s.synthetic.clean_plane` whose brightness fades to half
-(bleaching), Poisson-Gaussian noise, clean truth known.
+``blend="sure"`` (the blend of network and input alone, before 0.5.0), ``-nlm`` for
+``blend="sure-nlm"`` with one set of weights per plane (0.5.0's, without the Wiener
+refinement) or ``-plane`` for ``sure_tile=0`` (0.6.0's: the weights per plane, not per
+tile). ``synthetic``: a 64-plane time-lapse from :func:`fm2s.synthetic.clean_plane` whose
+brightness fades to half (bleaching), Poisson-Gaussian noise, clean truth known.
 
 ``speed``: seconds per plane, amortised over a stack of N synthetic planes (one clean plane
 above a dark level, independent noise), for shared and per-plane training side by side in one
@@ -64,12 +65,14 @@ def done_rows(path: Path) -> set[tuple[str, str, str, str]]:
 
 def settings_of(method: str) -> fm2s.Settings:
     """``per-plane`` or ``shared-<samples>[-g<group size>]``, either with ``-sure`` appended
-    for ``blend="sure"`` (network and input alone, the blend before 0.5.0) or ``-nlm`` for
-    ``blend="sure-nlm"`` (the blend of 0.5.0)."""
+    for ``blend="sure"`` (network and input alone, the blend before 0.5.0), ``-nlm`` for
+    ``blend="sure-nlm"`` (the blend of 0.5.0) or ``-plane`` for ``sure_tile=0`` (0.6.0)."""
     extra = {}
-    for suffix, blend in (("-sure", "sure"), ("-nlm", "sure-nlm")):
+    for suffix, variant in (("-sure", {"blend": "sure"}),
+                            ("-nlm", {"blend": "sure-nlm", "sure_tile": 0}),
+                            ("-plane", {"sure_tile": 0})):
         if method.endswith(suffix):
-            method, extra = method.removesuffix(suffix), {"blend": blend}
+            method, extra = method.removesuffix(suffix), dict(variant)
     if method == "per-plane":
         return fm2s.make_settings(group_size=1, **extra)
     _, samples, *size = method.split("-")

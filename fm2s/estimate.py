@@ -750,7 +750,8 @@ def provenance_record(references: dict[str, Any], plane_infos: dict[str, Any]) -
         ``method`` (a sentence), ``check`` (the per-plane tolerances), ``references``, and
         ``planes``: per plane its ``source`` (``"channel"`` or ``"plane"``), own
         ``plane_std_dn``, ``blend`` weight (with ``sure-nlm`` also ``blend_nlm`` and
-        ``blend_guided_nlm``; with ``sure-nlm-wiener`` also ``wiener``, whether the Wiener
+        ``blend_guided_nlm``, plane means where the weights vary per tile, and ``sure_tile``,
+        the tile side or 0; with ``sure-nlm-wiener`` also ``wiener``, whether the Wiener
         filter refined the blend) and the estimated settings fields; planes that used their own
         estimate also keep it in full.
     """
@@ -762,7 +763,7 @@ def provenance_record(references: dict[str, Any], plane_infos: dict[str, Any]) -
         entry = {"source": info.get("source"), "plane_std_dn": info.get("plane_std_dn"),
                  "blend": info.get("blend"),
                  **{k: settings.get(k, 0.0) for k in AUTO_FIELDS}}
-        for field in ("blend_nlm", "blend_guided_nlm", "wiener"):  # of the sure-nlm blends
+        for field in ("blend_nlm", "blend_guided_nlm", "sure_tile", "wiener"):  # sure-nlm blends
             if field in info:
                 entry[field] = info[field]
         if info.get("source") == "plane":

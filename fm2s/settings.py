@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # placeholders until resolved.
     "auto": dict(channels=1, region_size=75, median_size=3, k_g=0.0, k_p=30.0, lam_p=70.0,
                  noise_model="poisson-gaussian", gain=0.0, read_var=0.0, noise_corr=0.0,
-                 blend="sure-nlm-wiener", auto_fields=AUTO_FIELDS),
+                 blend="sure-nlm-wiener", sure_tile=32, auto_fields=AUTO_FIELDS),
 }
 NOISE_MODELS = ("fm2s", "poisson-gaussian")
 _BLENDS = ("none", "sure", "sure-nlm", "sure-nlm-wiener")
@@ -57,7 +57,7 @@ _BLENDS = ("none", "sure", "sure-nlm", "sure-nlm-wiener")
 _OPTIONAL = {"noise_model": "fm2s", "gain": 0.0, "read_var": 0.0, "noise_corr": 0.0,
              "noise_line_corr": 0.0,
              "blend": "none", "auto_fields": (), "turn_average": False,
-             "group_size": 1, "group_samples": 0}
+             "group_size": 1, "group_samples": 0, "sure_tile": 0}
 
 # Shared training of the fast recipe (fm2s.engine): consecutive planes of one channel whose
 # noise agrees share a network of up to GROUP_SIZE planes, trained for `samples` per plane up
@@ -178,6 +178,12 @@ class Settings:
         ``sure-nlm-wiener``: that blend, then, on planes whose noise is white
         (``noise_corr`` 0), the empirical Wiener filter of the plane with the blend's spectrum
         (:func:`fm2s.classical.vst_wiener`).
+    sure_tile : int
+        Side, in pixels, of the tiles over which the ``sure-nlm`` and ``sure-nlm-wiener``
+        blends choose their weights on planes whose noise is white (``noise_corr`` 0): SURE
+        per tile, the weights interpolated between tile centres
+        (:func:`fm2s.denoise.sure_weight_maps`). 0: one set of weights per plane, as always
+        on correlated noise.
     group_size : int
         In a stack, planes per shared network (:mod:`fm2s.engine`): consecutive planes of one
         channel whose noise agrees train one network together. 1: a network per plane (the
@@ -224,6 +230,7 @@ class Settings:
     turn_average: bool = _OPTIONAL["turn_average"]
     group_size: int = _OPTIONAL["group_size"]
     group_samples: int = _OPTIONAL["group_samples"]
+    sure_tile: int = _OPTIONAL["sure_tile"]
 
     def __post_init__(self):
         # Normalise sequences read back from JSON to tuples, so equality and hashing hold.
@@ -259,6 +266,7 @@ class Settings:
         positive_int("crop_size", 0)
         positive_int("group_size")
         positive_int("group_samples", 0)
+        positive_int("sure_tile", 0)
         if self.median_size % 2 == 0 or self.kernel_size % 2 == 0:
             msg = (f"settings: median_size and kernel_size must be odd, got "
                    f"{self.median_size} and {self.kernel_size}")

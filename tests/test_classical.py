@@ -15,7 +15,7 @@ from fm2s.classical import (
     vst_nlm,
     vst_wiener,
 )
-from fm2s.denoise import SURE_EPS, sure_weight, sure_weights
+from fm2s.denoise import SURE_EPS, sure_weight, sure_weight_maps, sure_weights
 from fm2s.noise import correlated_normal, lowfreq_gain
 from fm2s.synthetic import clean_plane
 
@@ -138,6 +138,47 @@ def test_weights_are_zero_without_noise():
     assert not sure_weights(noisy, candidates, probe, moved, 0 * variance, 0.0).any()
 
 
+def test_one_tile_gives_the_plane_weights_everywhere():
+    _, noisy, candidates, moved, probe, variance = smoothing_candidates()
+    maps = sure_weight_maps(noisy, candidates, probe, moved, variance, 0.0, tile=1000)
+    plane = sure_weights(noisy, candidates, probe, moved, variance, 0.0)
+    assert maps.shape == (2, *noisy.shape)
+    np.testing.assert_allclose(maps, plane[:, None, None] * np.ones_like(maps), atol=1e-12)
+
+
+def test_tile_weights_suit_each_region_of_a_mixed_plane():
+    """Left half flat, right half fine texture: a strong smoother suits the one, a light one
+    the other; per tile the blend takes each where it belongs, and beats one plane weight."""
+    sigma = 10.0
+    y, x = np.mgrid[0:96, 0:192]
+    truth = 100.0 + np.where(x >= 96, 60.0 * np.sin(1.3 * x) * np.cos(1.1 * y), 0.0)
+    rng = np.random.default_rng(3)
+    noisy = truth + rng.normal(0.0, sigma, truth.shape)
+    probe = rng.normal(0.0, sigma, truth.shape)
+    filters = [lambda p: ndimage.uniform_filter(p, 9), lambda p: ndimage.gaussian_filter(p, 0.6)]
+    candidates = [f(noisy) for f in filters]
+    moved = [f(noisy + SURE_EPS * probe) for f in filters]
+    variance = np.full(truth.shape, sigma**2)
+    maps = sure_weight_maps(noisy, candidates, probe, moved, variance, 0.0, tile=32)
+    assert maps.min() >= 0 and maps.sum(0).max() <= 1 + 1e-9
+    assert maps[0, :, :64].mean() > 0.9 and maps[0, :, 128:].mean() < 0.1
+    plane = sure_weights(noisy, candidates, probe, moved, variance, 0.0)
+
+    def mse(weights):
+        blend = noisy + sum(w * (c - noisy) for w, c in zip(weights, candidates, strict=True))
+        return float(np.mean((blend - truth) ** 2))
+
+    assert mse(maps) < 0.8 * mse(plane)
+
+
+def test_sure_weight_maps_rejects_a_tile_without_pixels():
+    _, noisy, candidates, moved, probe, variance = smoothing_candidates()
+    with pytest.raises(ValueError, match="tile must be >= 1"):
+        sure_weight_maps(noisy, candidates, probe, moved, variance, 0.0, tile=0)
+    with pytest.raises(ValueError, match="sure_tile must be an integer >= 0"):
+        fm2s.make_settings(preset="auto", sure_tile=-1)
+
+
 def test_sure_nlm_blend_denoises_and_reports_its_weights():
     from fm2s.synthetic import noisy_plane
 
@@ -211,3 +252,22 @@ def test_the_wiener_refinement_runs_on_white_noise_only():
     assert psnr(truth, refined.image.astype(float)) > psnr(truth, blended.image.astype(float))
     correlated = fm2s.denoise(noisy, noise_corr=0.8, **kwargs)
     assert correlated.info["wiener"] is False
+
+
+def test_blend_weights_are_chosen_per_tile_on_white_noise_only():
+    from fm2s.synthetic import noisy_plane
+
+    truth = 255 * clean_plane((64, 64), seed=1)
+    noisy = noisy_plane(clean_plane((64, 64), seed=1), photons=20, seed=2)
+    kwargs = dict(steps=40, crop_size=48, device="cpu", return_info=True)
+    tiled = fm2s.denoise(noisy, **kwargs)
+    assert tiled.info["sure_tile"] == 32  # auto's default
+    whole = fm2s.denoise(noisy, sure_tile=0, **kwargs)
+    assert whole.info["sure_tile"] == 0
+    assert not np.array_equal(tiled.image, whole.image)
+    for result in (tiled, whole):
+        weights = [result.info[k] for k in ("blend", "blend_nlm", "blend_guided_nlm")]
+        assert min(weights) >= 0 and sum(weights) <= 1 + 1e-6
+        assert psnr(truth, result.image.astype(float)) > psnr(truth, noisy.astype(float)) + 3.0
+    correlated = fm2s.denoise(noisy, noise_corr=0.8, **kwargs)
+    assert correlated.info["sure_tile"] == 0
