@@ -384,13 +384,9 @@ def sure_weights(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe: np.
     ndarray, float64, shape (len(candidates),)
         The weights (all 0 when the model has no noise or the plane equals every candidate).
     """
-    y = noisy.astype(np.float64)
-    total = float(variance.sum() + quantization_var * variance.size)
-    diffs = [c.astype(np.float64) - y for c in candidates]
-    gram = np.array([[float((a * b).sum()) for b in diffs] for a in diffs])
-    traces = np.array([float((probe * (m.astype(np.float64) - c)).sum() / SURE_EPS)
-                       for m, c in zip(moved, candidates, strict=True)])
-    return _least_risk_weights(gram, total - traces, total)
+    gram, drive, total = _risk_terms(noisy, candidates, probe, moved, variance,
+                                     quantization_var, lambda x: x.sum(axis=(-2, -1)))
+    return _least_risk_weights(gram, drive, float(total))
 
 
 def sure_weight_maps(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe: np.ndarray,
@@ -419,27 +415,19 @@ def sure_weight_maps(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe:
     """
     if tile < 1:
         raise ValueError(f"sure_weight_maps: tile must be >= 1 pixel, got {tile}")
-    y = noisy.astype(np.float64)
-    height, width = y.shape
+    height, width = noisy.shape
     rows = np.linspace(0, height, max(1, round(height / tile)) + 1).round().astype(int)
     cols = np.linspace(0, width, max(1, round(width / tile)) + 1).round().astype(int)
 
     def tile_sums(x):  # (..., H, W) -> (..., rows, cols)
         return np.add.reduceat(np.add.reduceat(x, rows[:-1], axis=-2), cols[:-1], axis=-1)
 
-    diffs = np.stack([c.astype(np.float64) - y for c in candidates])
-    k = len(candidates)
-    gram = np.empty((k, k, len(rows) - 1, len(cols) - 1))
-    for i in range(k):
-        for j in range(i, k):
-            gram[i, j] = gram[j, i] = tile_sums(diffs[i] * diffs[j])
-    traces = tile_sums(np.stack([probe * (m.astype(np.float64) - c)
-                                 for m, c in zip(moved, candidates, strict=True)])) / SURE_EPS
-    totals = tile_sums(variance.astype(np.float64) + quantization_var)
-    weights = np.empty((k, len(rows) - 1, len(cols) - 1))
-    for r, c in np.ndindex(totals.shape):
-        weights[:, r, c] = _least_risk_weights(gram[:, :, r, c], totals[r, c] - traces[:, r, c],
-                                               float(totals[r, c]))
+    gram, drive, total = _risk_terms(noisy, candidates, probe, moved, variance,
+                                     quantization_var, tile_sums)
+    weights = np.empty(drive.shape)
+    for r, c in np.ndindex(total.shape):
+        weights[:, r, c] = _least_risk_weights(gram[:, :, r, c], drive[:, r, c],
+                                               float(total[r, c]))
 
     def interpolation(edges, size):  # (size, tiles): linear in the tile centres, flat beyond
         centres = (edges[:-1] + edges[1:] - 1) / 2.0
@@ -448,6 +436,23 @@ def sure_weight_maps(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe:
 
     across, along = interpolation(rows, height), interpolation(cols, width)
     return across @ weights @ along.T
+
+
+def _risk_terms(noisy, candidates, probe, moved, variance, quantization_var, sums):
+    """The terms of :func:`sure_weights`' risk, summed over pixels by `sums` (the whole plane,
+    or each tile): the Gram matrix ``G`` (k, k, ...), the drive ``b = tr C - t`` (k, ...) and
+    the noise's total variance ``tr C`` (...)."""
+    y = noisy.astype(np.float64)
+    diffs = [c.astype(np.float64) - y for c in candidates]
+    k = len(diffs)
+    total = sums(variance.astype(np.float64) + quantization_var)
+    gram = np.empty((k, k, *np.shape(total)))
+    for i in range(k):
+        for j in range(i, k):
+            gram[i, j] = gram[j, i] = sums(diffs[i] * diffs[j])
+    traces = np.stack([sums(probe * (m.astype(np.float64) - c))
+                       for m, c in zip(moved, candidates, strict=True)]) / SURE_EPS
+    return gram, total - traces, total
 
 
 def _least_risk_weights(gram: np.ndarray, drive: np.ndarray, total: float) -> np.ndarray:

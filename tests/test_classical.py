@@ -96,14 +96,16 @@ def test_vst_nlm_rejects_a_guide_of_another_shape():
         vst_nlm(np.ones((8, 8)), 1.0, 1.0, guide=np.ones((8, 9)))
 
 
-def smoothing_candidates(sigma=10.0, seed=5):
-    """A plane with white Gaussian noise and two linear smoothers of it, at the plane and at a
-    probe step: the setting where SURE is exact up to the probe's Monte-Carlo error."""
-    truth = 255.0 * clean_plane((96, 96), seed=4)
+def smoothing_candidates(sigma=10.0, seed=5, truth=None, filters=None):
+    """A plane (`truth`, default a synthetic cell plane) with white Gaussian noise and two
+    linear smoothers of it (`filters`), at the plane and at a probe step: the setting where
+    SURE is exact up to the probe's Monte-Carlo error."""
+    truth = 255.0 * clean_plane((96, 96), seed=4) if truth is None else truth
     rng = np.random.default_rng(seed)
     noisy = truth + rng.normal(0.0, sigma, truth.shape)
     probe = rng.normal(0.0, sigma, truth.shape)
-    filters = [lambda p: ndimage.gaussian_filter(p, 1.0), lambda p: ndimage.uniform_filter(p, 5)]
+    filters = filters or [lambda p: ndimage.gaussian_filter(p, 1.0),
+                          lambda p: ndimage.uniform_filter(p, 5)]
     candidates = [f(noisy) for f in filters]
     moved = [f(noisy + SURE_EPS * probe) for f in filters]
     variance = np.full(truth.shape, sigma**2)
@@ -149,16 +151,11 @@ def test_one_tile_gives_the_plane_weights_everywhere():
 def test_tile_weights_suit_each_region_of_a_mixed_plane():
     """Left half flat, right half fine texture: a strong smoother suits the one, a light one
     the other; per tile the blend takes each where it belongs, and beats one plane weight."""
-    sigma = 10.0
     y, x = np.mgrid[0:96, 0:192]
-    truth = 100.0 + np.where(x >= 96, 60.0 * np.sin(1.3 * x) * np.cos(1.1 * y), 0.0)
-    rng = np.random.default_rng(3)
-    noisy = truth + rng.normal(0.0, sigma, truth.shape)
-    probe = rng.normal(0.0, sigma, truth.shape)
+    mixed = 100.0 + np.where(x >= 96, 60.0 * np.sin(1.3 * x) * np.cos(1.1 * y), 0.0)
     filters = [lambda p: ndimage.uniform_filter(p, 9), lambda p: ndimage.gaussian_filter(p, 0.6)]
-    candidates = [f(noisy) for f in filters]
-    moved = [f(noisy + SURE_EPS * probe) for f in filters]
-    variance = np.full(truth.shape, sigma**2)
+    truth, noisy, candidates, moved, probe, variance = smoothing_candidates(
+        seed=3, truth=mixed, filters=filters)
     maps = sure_weight_maps(noisy, candidates, probe, moved, variance, 0.0, tile=32)
     assert maps.min() >= 0 and maps.sum(0).max() <= 1 + 1e-9
     assert maps[0, :, :64].mean() > 0.9 and maps[0, :, 128:].mean() < 0.1
