@@ -358,7 +358,7 @@ def sure_weight(noisy: np.ndarray, clean: np.ndarray, probe: np.ndarray, moved: 
 
 def sure_weights(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe: np.ndarray,
                  moved: Sequence[np.ndarray], variance: np.ndarray,
-                 quantization_var: float) -> np.ndarray:
+                 quantization_var: float, keep_input: bool = True) -> np.ndarray:
     """Weights ``w_k >= 0``, ``sum(w) <= 1``, of the blend
     ``noisy + sum_k w_k (candidate_k - noisy)`` that minimise its Stein's unbiased risk estimate.
 
@@ -378,6 +378,11 @@ def sure_weights(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe: np.
         Each estimate ``f_k(y)``, and ``f_k(y + SURE_EPS * probe)``.
     probe, variance, quantization_var
         As for :func:`sure_weight`.
+    keep_input : bool
+        False: ``sum(w) = 1``, the blend keeps none of the input. For a noise model known to
+        miss part of the noise (a correlated one, whose broad part one plane cannot show):
+        the estimate then understates the input's risk by all of the missing variance and
+        overstates that of a strong smoother by nearly as much (docs/noise-estimation.md).
 
     Returns
     -------
@@ -386,7 +391,7 @@ def sure_weights(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe: np.
     """
     gram, drive, total = _risk_terms(noisy, candidates, probe, moved, variance,
                                      quantization_var, lambda x: x.sum(axis=(-2, -1)))
-    return _least_risk_weights(gram, drive, float(total))
+    return _least_risk_weights(gram, drive, float(total), keep_input)
 
 
 def sure_weight_maps(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe: np.ndarray,
@@ -455,21 +460,25 @@ def _risk_terms(noisy, candidates, probe, moved, variance, quantization_var, sum
     return gram, total - traces, total
 
 
-def _least_risk_weights(gram: np.ndarray, drive: np.ndarray, total: float) -> np.ndarray:
+def _least_risk_weights(gram: np.ndarray, drive: np.ndarray, total: float,
+                        keep_input: bool = True) -> np.ndarray:
     """The weights of :func:`sure_weights` from its risk terms ``w' G w - 2 b' w``: the
-    Karush-Kuhn-Tucker point of least risk over the simplex (zeros without noise)."""
+    Karush-Kuhn-Tucker point of least risk over the simplex, or over its face ``sum(w) = 1``
+    without `keep_input` (zeros without noise)."""
     k = len(drive)
     if total <= 0 or not np.all(np.isfinite(gram)) or not np.all(np.isfinite(drive)):
         return np.zeros(k)
-    best, best_risk = np.zeros(k), 0.0
+    # The input alone (w = 0, risk 0 relative to it) is a candidate only where it may be kept.
+    best, best_risk = (np.zeros(k), 0.0) if keep_input else (np.eye(k)[0], np.inf)
     for free in itertools.chain.from_iterable(
             itertools.combinations(range(k), n) for n in range(1, k + 1)):
         idx = list(free)
         g, b = gram[np.ix_(idx, idx)], drive[idx]
         n = len(idx)
         # Free weights alone (G w = b), then on the face sum(w) = 1 (with a multiplier).
-        systems = [(g, b), (np.block([[g, np.ones((n, 1))], [np.ones((1, n)), np.zeros((1, 1))]]),
-                            np.append(b, 1.0))]
+        face = (np.block([[g, np.ones((n, 1))], [np.ones((1, n)), np.zeros((1, 1))]]),
+                np.append(b, 1.0))
+        systems = [(g, b), face] if keep_input else [face]
         for lhs, rhs in systems:
             try:
                 solution = np.linalg.solve(lhs, rhs)
@@ -653,16 +662,18 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
                           vst_nlm(works[i], *model, guide=cleans[i], device=device)]
             shifted = [moved[i], vst_nlm(probed[i], *model),
                        vst_nlm(probed[i], *model, guide=moved[i], device=device)]
-            # Weights per tile where the noise model is complete (white noise); a correlated
-            # model misses the broad part of the noise, and per tile its risk estimate misleads
-            # more than per plane (FMD wide-field: -0.9 dB).
-            tile = settings.sure_tile if settings.noise_corr <= 0 else 0
+            # Weights per tile where the noise model is complete (white noise). A correlated
+            # model misses the broad part of the noise: per tile its risk estimate misleads
+            # more than per plane (FMD wide-field: -0.9 dB), and it rates the input far too
+            # well, so none of the input is kept (FMD wide-field raw: +0.5 to +1 dB).
+            complete = settings.noise_corr <= 0
+            tile = settings.sure_tile if complete else 0
             if tile:
                 weights = sure_weight_maps(works[i], candidates, probes[i], shifted,
                                            variances[i], quants[i], tile)
             else:
                 weights = sure_weights(works[i], candidates, probes[i], shifted, variances[i],
-                                       quants[i])
+                                       quants[i], keep_input=complete)
             cleans[i] = works[i] + sum(w * (c - works[i])
                                        for w, c in zip(weights, candidates, strict=True))
             # Recorded per plane: the mean weights over the plane where they vary.
@@ -673,7 +684,7 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
                 # The empirical Wiener filter's spectrum is the noise model's: left out where
                 # that model is a correlated one, whose broad part a single plane misses
                 # (docs/noise-estimation.md), and on planes smaller than its patches.
-                refine = settings.noise_corr <= 0 and min(works[i].shape) >= WIENER_PATCH
+                refine = complete and min(works[i].shape) >= WIENER_PATCH
                 if refine:
                     cleans[i] = vst_wiener(works[i], cleans[i], *model[:2],
                                            settings.noise_line_corr, device=device)

@@ -41,7 +41,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the plane's gain, read variance and spatial correlation, a median window that averages
     # as many independent noise samples as a 3 x 3 window does on white noise, and a SURE-chosen
     # blend of the network's output, non-local means on the variance-stabilised plane
-    # (classical, and guided by the network's output) and the input (docs/noise-estimation.md).
+    # (classical, and guided by the network's output) and, where the noise is white, the input
+    # (docs/noise-estimation.md).
     # One channel: with n copies, each with its own noise draw, the network learns to average
     # the copies, which removes nothing at inference, where every copy is the same real plane
     # (+0.56 dB on FMD raw images against n = 2). The values of AUTO_FIELDS here are

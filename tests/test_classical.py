@@ -135,6 +135,21 @@ def test_two_candidate_weights_reach_the_oracle_risk():
     assert mse(weights) < min(mse((1, 0)), mse((0, 1)), mse((0, 0)))
 
 
+def test_without_the_input_the_weights_are_the_least_risk_point_where_they_sum_to_one():
+    # Weak noise: the blend of the whole simplex keeps some of the input.
+    truth, noisy, candidates, moved, probe, variance = smoothing_candidates(sigma=3.0)
+    assert sure_weights(noisy, candidates, probe, moved, variance, 0.0).sum() < 0.99
+    weights = sure_weights(noisy, candidates, probe, moved, variance, 0.0, keep_input=False)
+    assert (weights >= 0).all() and weights.sum() == pytest.approx(1.0, abs=1e-9)
+
+    def mse(w):
+        blend = noisy + sum(wk * (c - noisy) for wk, c in zip(w, candidates, strict=True))
+        return float(np.mean((blend - truth) ** 2))
+
+    oracle = min(mse((a, 1 - a)) for a in np.linspace(0, 1, 101))
+    assert mse(weights) <= 1.03 * oracle
+
+
 def test_weights_are_zero_without_noise():
     _, noisy, candidates, moved, probe, variance = smoothing_candidates()
     assert not sure_weights(noisy, candidates, probe, moved, 0 * variance, 0.0).any()
@@ -268,3 +283,7 @@ def test_blend_weights_are_chosen_per_tile_on_white_noise_only():
         assert psnr(truth, result.image.astype(float)) > psnr(truth, noisy.astype(float)) + 3.0
     correlated = fm2s.denoise(noisy, noise_corr=0.8, **kwargs)
     assert correlated.info["sure_tile"] == 0
+    # A correlated model misses part of the noise: none of the input is kept.
+    weights = [correlated.info[k] for k in ("blend", "blend_nlm", "blend_guided_nlm")]
+    assert min(weights) >= 0 and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    assert psnr(truth, correlated.image.astype(float)) > psnr(truth, noisy.astype(float)) + 3.0
