@@ -175,7 +175,8 @@ class Settings:
         the variance-stabilised plane (:func:`fm2s.classical.vst_nlm`), classical and with the
         patch similarities of the network's output:
         ``input + w1 (net - input) + w2 (nlm - input) + w3 (guided nlm - input)``, weights
-        ``>= 0`` summing to at most 1.
+        ``>= 0`` summing to at most 1, and to exactly 1 (none of the input) on correlated
+        noise (``noise_corr`` > 0), whose model misses the broad part of the noise.
         ``sure-nlm-wiener``: that blend, then, on planes whose noise is white
         (``noise_corr`` 0), the empirical Wiener filter of the plane with the blend's spectrum
         (:func:`fm2s.classical.vst_wiener`).
