@@ -3,6 +3,7 @@ the empirical Wiener filter of the ``sure-nlm-wiener`` blend."""
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 import fm2s
@@ -79,6 +80,43 @@ def test_a_clean_guide_finds_the_alike_patches_better_than_the_noisy_plane():
     # The guide only weighs: a constant guide makes every offset alike, a box mean.
     flat = vst_nlm(noisy, 1.0, 4.0, guide=np.full_like(noisy, 50.0))
     assert psnr(truth, flat) < psnr(truth, guided)
+
+
+def brute_force_guided_nlm(values, guide, patch_size, distance, h):
+    """Guided non-local means by its definition: over the plane's own pixels only."""
+    height, width = values.shape
+    half = patch_size // 2
+    out = np.empty_like(values)
+    for y, x in np.ndindex(values.shape):
+        total = weights = 0.0
+        for dy, dx in np.ndindex(2 * distance + 1, 2 * distance + 1):
+            dy, dx = dy - distance, dx - distance
+            if not (0 <= y + dy < height and 0 <= x + dx < width):
+                continue
+            squares = [(guide[py, px] - guide[py + dy, px + dx]) ** 2
+                       for py in range(y - half, y + half + 1)
+                       for px in range(x - half, x + half + 1)
+                       if 0 <= py < height and 0 <= px < width
+                       and 0 <= py + dy < height and 0 <= px + dx < width]
+            weight = np.exp(-np.mean(squares) / h**2)
+            total += weight * values[y + dy, x + dx]
+            weights += weight
+        out[y, x] = total / weights
+    return out
+
+
+@pytest.mark.parametrize(("shape", "patch_size", "distance"), [((11, 14), 3, 2), ((4, 13), 5, 6)])
+def test_guided_nlm_follows_its_definition_up_to_the_borders(shape, patch_size, distance):
+    from fm2s.classical import NLM_H, _guided_nl_means
+
+    rng = np.random.default_rng(5)
+    guide = rng.normal(0.0, 1.0, shape).cumsum(axis=1)
+    values = guide + rng.normal(0.0, 1.0, shape)
+    # The search distance is clamped to the plane (4 rows: 3 at most).
+    reach = min(distance, shape[0] - 1, shape[1] - 1)
+    expected = brute_force_guided_nlm(values, guide, patch_size, reach, NLM_H)
+    got = _guided_nl_means(values, guide, patch_size, distance, torch.device("cpu"))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("plane", "gain", "read_var", "message"), [
@@ -181,6 +219,29 @@ def test_tile_weights_suit_each_region_of_a_mixed_plane():
         return float(np.mean((blend - truth) ** 2))
 
     assert mse(maps) < 0.8 * mse(plane)
+
+
+def test_tile_weights_are_each_tiles_own_least_risk_point():
+    """All tiles are solved at once; each gets the weights it would get alone, degenerate
+    ones included (no noise, candidates equal to the input, two equal candidates)."""
+    from fm2s.denoise import _least_risk_weights
+
+    rng = np.random.default_rng(2)
+    k, count = 3, 40
+    factors = rng.normal(size=(count, k, 6))
+    factors[5] = 0.0  # every candidate equals the input
+    factors[7, 2] = factors[7, 1]  # two equal candidates: singular systems
+    gram = np.einsum("pkn,pjn->kjp", factors, factors)
+    drive = rng.normal(size=(k, count))
+    total = rng.uniform(0.5, 2.0, count)
+    total[9] = 0.0  # no noise
+    for keep_input in (True, False):
+        together = _least_risk_weights(gram, drive, total, keep_input)
+        alone = np.stack([_least_risk_weights(gram[:, :, p], drive[:, p], total[p], keep_input)
+                          for p in range(count)], axis=1)
+        np.testing.assert_allclose(together, alone, atol=1e-12)
+        assert not together[:, 9].any()
+        assert (together >= 0).all() and together.sum(axis=0).max() <= 1 + 1e-9
 
 
 def test_sure_weight_maps_rejects_a_tile_without_pixels():
