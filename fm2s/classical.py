@@ -126,14 +126,12 @@ def vst_nlm(plane: np.ndarray, gain: float, read_var: float, lowfreq_gain: float
     forward, inverse = _stabiliser(gain, read_var, "vst_nlm")
     stabilised = forward(plane)
     patch_size, patch_distance = nlm_window(lowfreq_gain)
-    if guide is None:
-        from skimage.restoration import denoise_nl_means
-
-        smoothed = denoise_nl_means(stabilised, h=NLM_H, sigma=1.0, fast_mode=True,
-                                    patch_size=patch_size, patch_distance=patch_distance)
+    if guide is None:  # a difference of two noisy unit-variance pixels: variance 2
+        smoothed = _nl_means(stabilised, stabilised, patch_size, patch_distance, 2.0,
+                             torch.device(device))
     else:
-        smoothed = _guided_nl_means(stabilised, forward(np.asarray(guide, dtype=np.float64)),
-                                    patch_size, patch_distance, torch.device(device))
+        smoothed = _nl_means(stabilised, forward(np.asarray(guide, dtype=np.float64)),
+                             patch_size, patch_distance, 0.0, torch.device(device))
     return inverse(smoothed)
 
 
@@ -259,10 +257,11 @@ def vst_wiener(plane: np.ndarray, pilot: np.ndarray, gain: float, read_var: floa
     return inverse((total[inner] / weights[inner])[0, 0].double().cpu().numpy())
 
 
-def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
-                     patch_distance: int, device: torch.device) -> np.ndarray:
+def _nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int, patch_distance: int,
+              noise_offset: float, device: torch.device) -> np.ndarray:
     """Fast non-local means (one pass per offset, patch distances by box sums) of `values`
-    with the patch similarities of the noise-free `guide`: weights ``exp(-d / h^2)``.
+    with the patch similarities of `guide`: weights ``exp(-max(d - noise_offset, 0) / h^2)``
+    (the expected ``d`` of two alike patches of the guide's noise, 0 for a noise-free guide).
 
     Only the plane's own pixels take part: each pixel averages the pixels within the search
     distance, and ``d`` is the mean squared difference over the pairs of patch pixels that both
@@ -285,7 +284,8 @@ def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
             counts = torch.outer(_window_counts(height - dy, patch_size),
                                  _window_counts(width - abs(dx), patch_size)).to(device)
             distance = _box_sums((g[here] - g[there]).square_()[None], patch_size)[0]
-            weight = torch.exp_(distance.div_(counts).mul_(scale))
+            weight = torch.exp_(distance.div_(counts).sub_(noise_offset).clamp_(min=0.0)
+                                .mul_(scale))
             # x takes the value at x + o, and x + o the value at x, with the same weight.
             total[here] += weight * z[there]
             total[there] += weight * z[here]
