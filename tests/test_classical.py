@@ -62,7 +62,7 @@ def test_the_nlm_patch_holds_as_many_independent_noise_samples_as_5x5_on_white_n
 def test_larger_patches_denoise_correlated_noise_better():
     import torch
 
-    truth = 100.0 * clean_plane((256, 256), seed=6)
+    truth = 100.0 * clean_plane((128, 128), seed=6)
     corr = 0.65
     noise = correlated_normal(truth.shape, corr, generator=torch.Generator().manual_seed(7))
     noisy = truth + 4.0 * noise.numpy().astype(np.float64)
@@ -107,7 +107,7 @@ def brute_force_guided_nlm(values, guide, patch_size, distance, h):
 
 @pytest.mark.parametrize(("shape", "patch_size", "distance"), [((11, 14), 3, 2), ((4, 13), 5, 6)])
 def test_guided_nlm_follows_its_definition_up_to_the_borders(shape, patch_size, distance):
-    from fm2s.classical import NLM_H, _nl_means
+    from fm2s.classical import NLM_H, _guided_nl_means
 
     rng = np.random.default_rng(5)
     guide = rng.normal(0.0, 1.0, shape).cumsum(axis=1)
@@ -115,7 +115,7 @@ def test_guided_nlm_follows_its_definition_up_to_the_borders(shape, patch_size, 
     # The search distance is clamped to the plane (4 rows: 3 at most).
     reach = min(distance, shape[0] - 1, shape[1] - 1)
     expected = brute_force_guided_nlm(values, guide, patch_size, reach, NLM_H)
-    got = _nl_means(values, guide, patch_size, distance, 0.0, torch.device("cpu"))
+    got = _guided_nl_means(values, guide, patch_size, distance, torch.device("cpu"))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
