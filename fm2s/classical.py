@@ -8,7 +8,7 @@ from the network's: they keep fine repeated texture that the network smooths, an
 broad correlated noise of wide-field cameras over larger patches than the network sees.
 
 The empirical Wiener filter of :func:`vst_wiener` refines that blend on white-noise planes
-(the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 0.25 s per
+(the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 0.3 s per
 512 x 512 plane on one core.
 """
 
@@ -305,8 +305,8 @@ def _window_counts(length: int, size: int, device: torch.device) -> torch.Tensor
 
 def _box_sums(x: torch.Tensor, size: int) -> torch.Tensor:
     """Sums over the ``size x size`` windows centred on each pixel of the planes ``x``
-    (N, H, W), zeros outside: shifted sums along each axis (``size`` is small; torch's
-    cumulative sums on a CPU cost more up to a side of 15 at least)."""
+    (N, H, W), zeros outside: shifted sums along each axis. (For the patch sides of NLM, 5 to
+    15, as fast as torch's cumulative sums on a CPU at 15 and 1.5-3x faster at 5.)"""
     half = size // 2
     rows = x.clone()
     for k in range(1, half + 1):
