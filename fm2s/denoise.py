@@ -22,9 +22,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -676,11 +674,9 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
             # fails (FMD two-photon tissue / wide-field).
             model = (settings.gain, settings.read_var + quants[i],
                      lowfreq_gain(settings.noise_corr))
-            classical = partial(vst_nlm, gain=model[0], read_var=model[1], lowfreq_gain=model[2])
-            nlm, nlm_probed = _in_threads(classical, (works[i], probed[i]))
-            candidates = [cleans[i], nlm,
+            candidates = [cleans[i], vst_nlm(works[i], *model, device=device),
                           vst_nlm(works[i], *model, guide=cleans[i], device=device)]
-            shifted = [moved[i], nlm_probed,
+            shifted = [moved[i], vst_nlm(probed[i], *model, device=device),
                        vst_nlm(probed[i], *model, guide=moved[i], device=device)]
             # Weights per tile where the noise model is complete (white noise). A correlated
             # model misses the broad part of the noise: per tile its risk estimate misleads
@@ -713,18 +709,6 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
     return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
                         p.scale, info)
             for clean, p, seed, info in zip(cleans, planes, seeds, infos, strict=True)]
-
-
-def _in_threads(function: Callable, items: Sequence) -> list:
-    """``[function(item) for item in items]``, on up to torch's CPU thread count at once: for
-    single-threaded work that releases the GIL (scikit-image's non-local means: with its pair
-    side by side, the four NLM passes of a 512 x 512 plane took 0.60 instead of 0.94 s on 2
-    threads)."""
-    workers = min(len(items), torch.get_num_threads())
-    if workers <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(function, items))
 
 
 def constant_result(prepared: PreparedPlane, seed: int) -> PlaneResult:

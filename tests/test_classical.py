@@ -119,6 +119,34 @@ def test_guided_nlm_follows_its_definition_up_to_the_borders(shape, patch_size, 
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("shape", "patch_size", "distance"),
+                         [((40, 57), 5, 6), ((33, 30), 11, 12), ((3, 20), 5, 6), ((2, 3), 5, 6)])
+def test_classical_nlm_is_scikit_images_fast_mode(shape, patch_size, distance):
+    from skimage.restoration import denoise_nl_means
+
+    from fm2s.classical import NLM_H, _nl_means
+
+    rng = np.random.default_rng(7)
+    values = 3.0 * clean_plane(shape, seed=8) + rng.normal(0.0, 1.0, shape)
+    expected = denoise_nl_means(values, patch_size=patch_size, patch_distance=distance, h=NLM_H,
+                                sigma=1.0, fast_mode=True)
+    got = _nl_means(values, patch_size, distance, torch.device("cpu"))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    assert np.abs(got - values).mean() > 0.1  # it smooths
+
+
+def test_the_fast_exponential_is_schraudolphs():
+    from fm2s.classical import _fast_exp
+
+    distance = torch.linspace(0.0, 20.0, 2001)
+    got = _fast_exp(distance).double()
+    exact = torch.exp(-distance.double())
+    assert torch.all((got / exact - 1).abs() < 0.06)
+    assert torch.all(got[1:] <= got[:-1])
+    # fast_exp.h at 0: the high word 1072632447 over a zero low word.
+    assert float(got[0]) == pytest.approx(2.0 ** -1 * (1 + 987775 / 2**20), abs=1e-7)
+
+
 @pytest.mark.parametrize(("plane", "gain", "read_var", "message"), [
     (np.zeros((4, 4, 2)), 1.0, 1.0, "2D plane"),
     (np.zeros((8, 8)), 0.0, 0.0, "no noise model"),
