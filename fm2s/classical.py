@@ -2,11 +2,11 @@
 
 Non-local means, the classical and the guided estimates of the ``sure-nlm`` blend
 (:func:`fm2s.denoise.sure_weights`), in torch on the network's device: no training, about
-0.1 s per pass (classical or guided) over a 512 x 512 plane with white noise on one core; with
-the 11 x 11 patches of a wide-field camera's correlated noise about 0.55 and 0.4 s. Their
-errors differ from the network's: they keep fine repeated texture that the network smooths,
-and average the broad correlated noise of wide-field cameras over larger patches than the
-network sees.
+0.1 s per pass (classical or guided) over a 512 x 512 plane with white noise on one core (a
+2048 x 2048 plane, in bands of rows: 1.6-1.9 and 1.3-1.5 s); with the 11 x 11 patches of a
+wide-field camera's correlated noise about 0.55 and 0.4 s. Their errors differ from the
+network's: they keep fine repeated texture that the network smooths, and average the broad
+correlated noise of wide-field cameras over larger patches than the network sees.
 
 The empirical Wiener filter of :func:`vst_wiener` refines that blend on white-noise planes
 (the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 0.3 s per
@@ -273,27 +273,63 @@ def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
     and ``p + o`` being those at ``q = p + o`` and ``q - o``: half of the offsets are computed.
     """
     height, width = values.shape
-    reach = min(patch_distance, height - 1, width - 1)
-    z = torch.as_tensor(values, dtype=torch.float32, device=device)
-    g = torch.as_tensor(guide, dtype=torch.float32, device=device)
-    total, weights = z.clone(), torch.ones_like(z)  # the pixel itself, with weight 1
-    scale, half = -1.0 / NLM_H**2, patch_size // 2
+    reach, half = min(patch_distance, height - 1, width - 1), patch_size // 2
+    scale = -1.0 / NLM_H**2
+
+    def means(z, g):  # one band of rows
+        total, weights = z.clone(), torch.ones_like(z)  # the pixel itself, with weight 1
+        for here, there in _offset_pairs(*z.shape, reach):
+            counts = torch.outer(_window_counts(here[0].stop - here[0].start, patch_size, device),
+                                 _window_counts(here[1].stop - here[1].start, patch_size, device))
+            distance = _box_sums((g[here] - g[there]).square_(), -half, half)
+            _add_pair(total, weights, z, torch.exp_(distance.div_(counts).mul_(scale)), here, there)
+        return total / weights
+
+    planes = [torch.as_tensor(a, dtype=torch.float32, device=device) for a in (values, guide)]
+    return _in_bands(means, planes, reach + half).double().cpu().numpy()
+
+
+def _offset_pairs(height: int, width: int, reach: int):
+    """``(here, there)``: for each offset ``o`` of one half of the search window (up to `reach`
+    pixels each way; ``-o`` is the other half), the slices of the pixels ``x`` and ``x + o``
+    of a ``height x width`` plane where both lie in it."""
     for dy in range(reach + 1):
-        rows = slice(0, height - dy), slice(dy, height)  # x and x + o, both in the plane
+        rows = slice(0, height - dy), slice(dy, height)
         for dx in range(-reach if dy else 1, reach + 1):
             cols = (slice(0, width - dx), slice(dx, width)) if dx >= 0 else (
                 slice(-dx, width), slice(0, width + dx))
-            here, there = (rows[0], cols[0]), (rows[1], cols[1])
-            counts = torch.outer(_window_counts(height - dy, patch_size, device),
-                                 _window_counts(width - abs(dx), patch_size, device))
-            distance = _box_sums((g[here] - g[there]).square_(), -half, half)
-            weight = torch.exp_(distance.div_(counts).mul_(scale))
-            # x takes the value at x + o, and x + o the value at x, with the same weight.
-            total[here].addcmul_(weight, z[there])
-            total[there].addcmul_(weight, z[here])
-            weights[here] += weight
-            weights[there] += weight
-    return (total / weights).double().cpu().numpy()
+            yield (rows[0], cols[0]), (rows[1], cols[1])
+
+
+def _add_pair(total: torch.Tensor, weights: torch.Tensor, values: torch.Tensor,
+              weight: torch.Tensor, here: tuple, there: tuple) -> None:
+    """``x`` takes the value at ``x + o``, and ``x + o`` the value at ``x``, with the same
+    weight (the patch distance is symmetric)."""
+    total[here].addcmul_(weight, values[there])
+    total[there].addcmul_(weight, values[here])
+    weights[here] += weight
+    weights[there] += weight
+
+
+#: Non-local means on a CPU works on bands of rows of about this many pixels (plus margins),
+#: which stay in cache: a 2048 x 2048 plane then costs 16 times a 512 x 512 one, not 25 times.
+NLM_BAND_PIXELS = 2**18
+
+
+def _in_bands(means, planes: list[torch.Tensor], margin: int) -> torch.Tensor:
+    """``means(*planes)``, computed on bands of rows with `margin` rows of context on each side
+    where the planes are on a CPU (on a GPU, at once): each band's inner rows are exact when
+    every output pixel depends only on the rows within `margin` of it."""
+    height, width = planes[0].shape
+    rows = max(64, NLM_BAND_PIXELS // max(width, 1))
+    if planes[0].device.type != "cpu" or rows >= height:
+        return means(*planes)
+    out = torch.empty_like(planes[0])
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        low, high = max(0, top - margin), min(height, bottom + margin)
+        out[top:bottom] = means(*(p[low:high] for p in planes))[top - low:bottom - low]
+    return out
 
 
 @cache
@@ -323,27 +359,22 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
     """
     radius = patch_size // 2
     margin = radius + patch_distance + 1
-    padded = torch.as_tensor(np.pad(np.asarray(values, dtype=np.float64), margin, mode="reflect"),
-                             dtype=torch.float32, device=device)
-    height, width = padded.shape
-    itself = _fast_exp(torch.zeros((), device=device))
-    total, weights = padded * itself, itself.expand(height, width).clone()
     scale = 1.0 / (NLM_H**2 * patch_size**2)
-    for dy in range(patch_distance + 1):
-        rows = slice(0, height - dy), slice(dy, height)
-        for dx in range(-patch_distance if dy else 1, patch_distance + 1):
-            cols = (slice(0, width - dx), slice(dx, width)) if dx >= 0 else (
-                slice(-dx, width), slice(0, width + dx))
-            here, there = (rows[0], cols[0]), (rows[1], cols[1])
+    itself = _fast_exp(torch.zeros((), device=device))
+
+    def means(padded):  # one band of rows
+        total, weights = padded * itself, itself.expand(*padded.shape).clone()
+        for here, there in _offset_pairs(*padded.shape, patch_distance):
             excess = (padded[here] - padded[there]).square_().sub_(2.0)
             distance = _box_sums(excess, 1 - radius, radius).clamp_min_(0.0).mul_(scale)
             weight = _fast_exp(distance).masked_fill_(distance > NLM_CUTOFF, 0.0)
-            total[here].addcmul_(weight, padded[there])
-            total[there].addcmul_(weight, padded[here])
-            weights[here] += weight
-            weights[there] += weight
-    inner = slice(margin, height - margin), slice(margin, width - margin)
-    return (total[inner] / weights[inner]).double().cpu().numpy()
+            _add_pair(total, weights, padded, weight, here, there)
+        return total / weights
+
+    padded = torch.as_tensor(np.pad(np.asarray(values, dtype=np.float64), margin, mode="reflect"),
+                             dtype=torch.float32, device=device)
+    result = _in_bands(means, [padded], patch_distance + radius)
+    return result[margin:-margin, margin:-margin].double().cpu().numpy()
 
 
 def _fast_exp(distance: torch.Tensor) -> torch.Tensor:

@@ -135,6 +135,24 @@ def test_classical_nlm_is_scikit_images_fast_mode(shape, patch_size, distance):
     assert np.abs(got - values).mean() > 0.1  # it smooths
 
 
+@pytest.mark.parametrize("patch_size", [5, 11])
+def test_nlm_in_bands_of_rows_equals_nlm_at_once(monkeypatch, patch_size):
+    import fm2s.classical as classical
+
+    rng = np.random.default_rng(9)
+    values = 3.0 * clean_plane((150, 70), seed=10) + rng.normal(0.0, 1.0, (150, 70))
+    guide = values + rng.normal(0.0, 0.5, values.shape)
+    distance = patch_size + 1
+    cpu = torch.device("cpu")
+    whole = (classical._nl_means(values, patch_size, distance, cpu),
+             classical._guided_nl_means(values, guide, patch_size, distance, cpu))
+    monkeypatch.setattr(classical, "NLM_BAND_PIXELS", 1)  # bands of 64 rows: three of them
+    banded = (classical._nl_means(values, patch_size, distance, cpu),
+              classical._guided_nl_means(values, guide, patch_size, distance, cpu))
+    for got, expected in zip(banded, whole, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_the_fast_exponential_is_schraudolphs():
     from fm2s.classical import _fast_exp
 
