@@ -360,10 +360,10 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
     radius = patch_size // 2
     margin = radius + patch_distance + 1
     scale = 1.0 / (NLM_H**2 * patch_size**2)
-    itself = _fast_exp(torch.zeros((), device=device))
+    itself = float(_fast_exp(torch.zeros(())))  # the pixel's own weight
 
     def means(padded):  # one band of rows
-        total, weights = padded * itself, itself.expand(*padded.shape).clone()
+        total, weights = padded * itself, torch.full_like(padded, itself)
         for here, there in _offset_pairs(*padded.shape, patch_distance):
             excess = (padded[here] - padded[there]).square_().sub_(2.0)
             distance = _box_sums(excess, 1 - radius, radius).clamp_min_(0.0).mul_(scale)
