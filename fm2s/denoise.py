@@ -690,8 +690,8 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
             else:
                 weights = sure_weights(works[i], candidates, probes[i], shifted, variances[i],
                                        quants[i], keep_input=complete)
-            cleans[i] = works[i] + sum(w * (c - works[i])
-                                       for w, c in zip(weights, candidates, strict=True))
+            blend = works[i] + sum(w * (c - works[i])
+                                   for w, c in zip(weights, candidates, strict=True))
             # Recorded per plane: the mean weights over the plane where they vary.
             infos[i] = {**info, **{name: float(f"{np.mean(w):.6g}") for name, w in zip(
                 ("blend", "blend_nlm", "blend_guided_nlm"), weights, strict=True)},
@@ -702,9 +702,11 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
                 # (docs/noise-estimation.md), and on planes smaller than its patches.
                 refine = complete and min(works[i].shape) >= WIENER_PATCH
                 if refine:
-                    cleans[i] = vst_wiener(works[i], cleans[i], *model[:2],
-                                           settings.noise_line_corr, device=device)
+                    blend = vst_wiener(works[i], blend, *model[:2], settings.noise_line_corr,
+                                       device=device)
                 infos[i]["wiener"] = refine
+            # Written last: candidates[0] is this very row (a view of `cleans`).
+            cleans[i] = blend
     seconds = (time.perf_counter() - began) / len(planes)
     return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
                         p.scale, info)

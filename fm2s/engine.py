@@ -557,7 +557,8 @@ def denoise_stack_planes(
     apply a given `model` (whose settings, seed and range must be these).
 
     The results are those of :func:`train_stack` over all groups followed by
-    :func:`apply_model`, with only one group's planes in memory at a time.
+    :func:`apply_model`, with only one group's planes in memory at a time, each read from the
+    stack once.
 
     Yields
     ------
@@ -576,10 +577,36 @@ def denoise_stack_planes(
 
         references = ChannelReferences(stack, data_range)
     pack = pack_size(device)
+    held = _HeldPlanes(stack)
     for start in range(0, len(plan), pack):
         batch = plan[start:start + pack]
-        part = train_stack(stack, settings, seed=seed, data_range=data_range, device=device,
+        part = train_stack(held, settings, seed=seed, data_range=data_range, device=device,
                            groups=[g.index for g in batch], references=references)
         keys = [k for g in batch for k in g.keys]
-        yield from zip(keys, apply_model(stack, part, keys, device=device, on_plane=on_plane),
+        yield from zip(keys, apply_model(held, part, keys, device=device, on_plane=on_plane),
                        strict=True)
+        held.release()
+
+
+class _HeldPlanes:
+    """A stack whose planes are read once and held until released: training reads a group's
+    planes and applying its networks needs them again (slow storage, compressed files)."""
+
+    def __init__(self, stack):
+        self._stack = stack
+        self.metadata = stack.metadata
+        self._planes: dict[PlaneKey, np.ndarray] = {}
+
+    def plane_keys(self) -> list[PlaneKey]:
+        return self._stack.plane_keys()
+
+    def read_plane(self, key: tuple[int, int, int]) -> np.ndarray:
+        key = PlaneKey(*key)
+        if key not in self._planes:
+            plane = self._stack.read_plane(key)
+            plane.setflags(write=False)  # handed out twice: nobody may change it
+            self._planes[key] = plane
+        return self._planes[key]
+
+    def release(self) -> None:
+        self._planes.clear()

@@ -142,3 +142,35 @@ def test_a_stack_applied_in_batches_gets_the_pixels_of_plane_by_plane(monkeypatc
         assert a.info["network"] == b.info["network"]
         assert abs(a.info["blend"] - b.info["blend"]) < 1e-5
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
+
+
+def test_a_stack_denoised_group_by_group_reads_each_plane_once(tmp_path):
+    """denoise_stack_planes trains on a group's planes and applies its network to the same
+    planes: read once, with the pixels of train_stack followed by apply_model."""
+    import fm2s.engine as engine
+    from fm2s.chunks import write_synthetic_stack
+    from fm2s.settings import make_settings
+    from fm2s.stacks import open_stack
+
+    path = write_synthetic_stack(tmp_path / "s.ome.tif", t=2, c=2, z=2, size=40, seed=3)
+    settings = make_settings("confocal", steps=4, crop_size=24, batch_size=2,
+                             precision="float32", group_size=2)
+    cpu = torch.device("cpu")
+    with open_stack(path) as stack:
+        reads = []
+        original = stack.read_plane
+
+        def counted(key):
+            reads.append(tuple(key))
+            return original(key)
+
+        stack.read_plane = counted
+        together = dict(engine.denoise_stack_planes(stack, settings, seed=0, device=cpu))
+        assert sorted(reads) == sorted(map(tuple, stack.plane_keys()))
+        model = engine.train_stack(stack, settings, seed=0, device=cpu)
+        apart = dict(zip(stack.plane_keys(), engine.apply_model(stack, model, device=cpu),
+                         strict=True))
+    assert together.keys() == apart.keys()
+    for key, result in together.items():
+        np.testing.assert_array_equal(result.image, apart[key].image)
+        assert result.info == apart[key].info
