@@ -668,50 +668,55 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
                 cleans[i] = weight * cleans[i] + (1.0 - weight) * works[i]
                 infos[i] = {**info, "blend": float(f"{weight:.6g}")}
                 continue
-            # Non-local means (the plane's noise model, rounding included), classical and with
-            # the patch similarities of the network's output (for the probe, of its output on
-            # the probed plane, so that SURE sees the whole map): each wins where the other
-            # fails (FMD two-photon tissue / wide-field).
-            model = (settings.gain, settings.read_var + quants[i],
-                     lowfreq_gain(settings.noise_corr))
-            candidates = [cleans[i], vst_nlm(works[i], *model, device=device),
-                          vst_nlm(works[i], *model, guide=cleans[i], device=device)]
-            shifted = [moved[i], vst_nlm(probed[i], *model, device=device),
-                       vst_nlm(probed[i], *model, guide=moved[i], device=device)]
-            # Weights per tile where the noise model is complete (white noise). A correlated
-            # model misses the broad part of the noise: per tile its risk estimate misleads
-            # more than per plane (FMD wide-field: -0.9 dB), and it rates the input far too
-            # well, so none of the input is kept (FMD wide-field raw: +0.5 to +1 dB).
-            complete = settings.noise_corr <= 0
-            tile = settings.sure_tile if complete else 0
-            if tile:
-                weights = sure_weight_maps(works[i], candidates, probes[i], shifted,
-                                           variances[i], quants[i], tile)
-            else:
-                weights = sure_weights(works[i], candidates, probes[i], shifted, variances[i],
-                                       quants[i], keep_input=complete)
-            blend = works[i] + sum(w * (c - works[i])
-                                   for w, c in zip(weights, candidates, strict=True))
-            # Recorded per plane: the mean weights over the plane where they vary.
-            infos[i] = {**info, **{name: float(f"{np.mean(w):.6g}") for name, w in zip(
-                ("blend", "blend_nlm", "blend_guided_nlm"), weights, strict=True)},
-                "sure_tile": tile}
-            if settings.blend == "sure-nlm-wiener":
-                # The empirical Wiener filter's spectrum is the noise model's: left out where
-                # that model is a correlated one, whose broad part a single plane misses
-                # (docs/noise-estimation.md), and on planes smaller than its patches.
-                refine = complete and min(works[i].shape) >= WIENER_PATCH
-                if refine:
-                    blend = vst_wiener(works[i], blend, *model[:2], settings.noise_line_corr,
-                                       device=device)
-                infos[i]["wiener"] = refine
-            # Written last: candidates[0] is this very row (a view of `cleans`).
+            blend, recorded = _nlm_blend(works[i], cleans[i], probes[i], probed[i], moved[i],
+                                         variances[i], quants[i], settings, device)
+            infos[i] = {**info, **recorded}
             cleans[i] = blend
     seconds = (time.perf_counter() - began) / len(planes)
     return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
                         p.scale, info)
             for clean, p, seed, info in zip(cleans, planes, seeds, infos, strict=True)]
 
+
+def _nlm_blend(work, clean, probe, probed, moved, variance, quant, settings, device):
+    """The ``sure-nlm`` blend of one plane, on the network's boosted scale (`settings` scaled
+    to match), and its Wiener refinement for ``sure-nlm-wiener``: the network's output `clean`
+    and two non-local means weighed by their risk estimate. Returns the result and what its
+    info records (the weights' means over the plane, the tile, whether Wiener refined it).
+    """
+    complete = settings.noise_corr <= 0
+    model = (settings.gain, settings.read_var + quant, lowfreq_gain(settings.noise_corr))
+    # Non-local means (the plane's noise model, rounding included), classical and with the
+    # patch similarities of the network's output (for the probe, of its output on the probed
+    # plane, so that SURE sees the whole map): each wins where the other fails (FMD
+    # two-photon tissue / wide-field).
+    candidates = [clean, vst_nlm(work, *model, device=device),
+                  vst_nlm(work, *model, guide=clean, device=device)]
+    shifted = [moved, vst_nlm(probed, *model, device=device),
+               vst_nlm(probed, *model, guide=moved, device=device)]
+    # Weights per tile where the noise model is complete (white noise). A correlated model
+    # misses the broad part of the noise: per tile its risk estimate misleads more than per
+    # plane (FMD wide-field: -0.9 dB), and it rates the input far too well, so none of the
+    # input is kept (FMD wide-field raw: +0.5 to +1 dB).
+    tile = settings.sure_tile if complete else 0
+    if tile:
+        weights = sure_weight_maps(work, candidates, probe, shifted, variance, quant, tile)
+    else:
+        weights = sure_weights(work, candidates, probe, shifted, variance, quant,
+                               keep_input=complete)
+    blend = work + sum(w * (c - work) for w, c in zip(weights, candidates, strict=True))
+    recorded = {name: float(f"{np.mean(w):.6g}") for name, w in zip(
+        ("blend", "blend_nlm", "blend_guided_nlm"), weights, strict=True)}
+    recorded["sure_tile"] = tile
+    del candidates, shifted, weights  # the Wiener filter needs the memory
+    if settings.blend == "sure-nlm-wiener":
+        # The empirical Wiener filter's spectrum is the noise model's: left out where that
+        # model is a correlated one, whose broad part a single plane misses
+        # (docs/noise-estimation.md), and on planes smaller than its patches.
+        recorded["wiener"] = complete and min(work.shape) >= WIENER_PATCH
+        if recorded["wiener"]:
+            blend = vst_wiener(work, blend, *model[:2], settings.noise_line_corr, device=device)
+    return blend, recorded
 
 def constant_result(prepared: PreparedPlane, seed: int) -> PlaneResult:
     """A constant plane's result: the plane itself (blend 0: all input)."""
