@@ -643,24 +643,100 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
     the blend's probes), padded to `batch` planes (:func:`inference_batch`).
 
     Each plane's result is the one :func:`apply_network` gives it alone; ``seconds`` is its
-    share of the batch's time.
+    share of the batch's time. A plane of more than ``REGION_PIXELS`` pixels is applied in
+    overlapping regions (:func:`_apply_in_regions`).
     """
     began = time.perf_counter()
-    boost, settings = network.boost, _scaled(network.settings, network.boost)
-    works = np.stack([p.noisy * np.float32(boost) for p in planes])
+    boost = network.boost
+    if planes and planes[0].noisy.size > REGION_PIXELS:  # such planes come one per batch
+        outputs = [_apply_in_regions(network, p, seed, device)
+                   for p, seed in zip(planes, seeds, strict=True)]
+    else:
+        works = np.stack([p.noisy * np.float32(boost) for p in planes])
+        quants = [boost**2 * rounding_variance(p.plane, p.scale) for p in planes]
+        outputs = zip(*_denoise_works(network, works, quants, seeds, [p.info for p in planes],
+                                      device, batch), strict=True)
+    seconds = (time.perf_counter() - began) / len(planes)
+    return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
+                        p.scale, info)
+            for (clean, info), p, seed in zip(outputs, planes, seeds, strict=True)]
+
+
+#: Planes of more pixels than this are applied in regions of about ``REGION_SIDE`` pixels
+#: square, so that the blend's memory (about 135 bytes per pixel) does not grow with the plane.
+REGION_PIXELS = 1 << 23
+REGION_SIDE = 2048
+#: Context beyond a region's share of the plane: its pixels depend on those within 29 pixels
+#: (network 5, guided NLM 17 with wide-field patches, Wiener 7); the outer half of it is
+#: context only, the inner half is where neighbouring regions cross-fade.
+REGION_MARGIN = 64
+
+
+def _apply_in_regions(network: Network, prepared: PreparedPlane, seed: int,
+                      device: torch.device) -> tuple[np.ndarray, dict | None]:
+    """The network's output and blend of a large plane, region by region (float64, boosted
+    scale), and its info: each region's risk estimate chooses its own blend weights, with its
+    own probe (seed derived from the plane's and the region's corner), and neighbouring
+    regions cross-fade linearly over the central ``REGION_MARGIN`` pixels of their overlap,
+    so that there are no seams.
+    The info records the weights' means over the plane and the number of regions.
+    """
+    boost = network.boost
+    work = prepared.noisy * np.float32(boost)
+    quant = boost**2 * rounding_variance(prepared.plane, prepared.scale)
+    height, width = work.shape
+    half = REGION_MARGIN // 2
+    rows, cols = (np.linspace(0, side, -(-side // REGION_SIDE) + 1).round().astype(int)
+                  for side in (height, width))
+
+    def fade(edges, i, size):  # weights of core i along one axis, and the span they need
+        lo, hi = edges[i], edges[i + 1]
+        centres = np.arange(size) + 0.5
+        rise = np.clip((centres - (lo - half)) / (2 * half), 0, 1) if i > 0 else 1.0
+        fall = np.clip(((hi + half) - centres) / (2 * half), 0, 1) if hi < size else 1.0
+        span = slice(max(0, lo - REGION_MARGIN), min(size, hi + REGION_MARGIN))
+        return (rise * fall * np.ones(size))[span], span
+
+    clean = np.zeros(work.shape)
+    sums: dict[str, float] = {}
+    info = None
+    for i in range(len(rows) - 1):
+        across, ys = fade(rows, i, height)
+        for j in range(len(cols) - 1):
+            along, xs = fade(cols, j, width)
+            region_seed = plane_seed(seed, ("region", int(rows[i]), int(cols[j])))
+            (out,), (info,) = _denoise_works(network, work[None, ys, xs], [quant],
+                                             [region_seed], [prepared.info], device, 1)
+            clean[ys, xs] += across[:, None] * along[None, :] * out
+            share = (rows[i + 1] - rows[i]) * (cols[j + 1] - cols[j]) / work.size
+            for name in ("blend", "blend_nlm", "blend_guided_nlm"):
+                if info is not None and name in info:
+                    sums[name] = sums.get(name, 0.0) + share * info[name]
+    if info is not None:
+        info = {**info, **{k: float(f"{v:.6g}") for k, v in sums.items()},
+                "regions": (len(rows) - 1) * (len(cols) - 1)}
+    return clean, info
+
+
+def _denoise_works(network: Network, works: np.ndarray, quants: Sequence[float],
+                   seeds: Sequence[int], infos: Sequence[dict | None], device: torch.device,
+                   batch: int | None) -> tuple[np.ndarray, list[dict | None]]:
+    """The network's output on planes on its boosted scale (`works`, stacked, with the
+    variance of their rounding `quants`), blended as its settings say; float64, that scale.
+    Returns the outputs and each plane's info (`infos`, with the blend's weights added)."""
+    settings = _scaled(network.settings, network.boost)
     cleans = predict_batch(network.model, works, device, turn_average=settings.turn_average,
                            batch=batch).astype(np.float64)
-    infos = [p.info for p in planes]
+    infos = list(infos)
     if settings.blend in ("sure", "sure-nlm", "sure-nlm-wiener"):
         # On the boosted scale, where the settings' noise model holds; w is scale-free.
-        quants = [boost**2 * rounding_variance(p.plane, p.scale) for p in planes]
         variances = [sure_variance(clean, settings) for clean in cleans]
         probes = [sure_probe(variance, settings, quant, seed)
                   for variance, quant, seed in zip(variances, quants, seeds, strict=True)]
         probed = [(w + SURE_EPS * p).astype(np.float32) for w, p in zip(works, probes, strict=True)]
         moved = predict_batch(network.model, np.stack(probed), device,
                               turn_average=settings.turn_average, batch=batch)
-        for i in range(len(planes)):
+        for i in range(len(works)):
             info = infos[i] or {"settings": network.settings.to_dict()}
             if settings.blend == "sure":
                 weight = sure_weight(works[i], cleans[i], probes[i], moved[i], variances[i],
@@ -672,11 +748,7 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
                                          variances[i], quants[i], settings, device)
             infos[i] = {**info, **recorded}
             cleans[i] = blend
-    seconds = (time.perf_counter() - began) / len(planes)
-    return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
-                        p.scale, info)
-            for clean, p, seed, info in zip(cleans, planes, seeds, infos, strict=True)]
-
+    return cleans, infos
 
 def _nlm_blend(work, clean, probe, probed, moved, variance, quant, settings, device):
     """The ``sure-nlm`` blend of one plane, on the network's boosted scale (`settings` scaled

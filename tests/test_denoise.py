@@ -225,3 +225,43 @@ def test_auto_trains_the_same_network_wherever_the_data_sit_in_the_dtype(plane8)
     out_large = denoise_planes([full], large, keys=["p"], device="cpu")[0]
     assert np.abs(out_large.astype(np.int64) - 16 * out_small.astype(np.int64)).max() <= 8
     assert np.abs(out_large.astype(np.int64) - full).mean() > 100  # it did denoise
+
+
+def test_a_large_plane_is_applied_in_regions_without_seams(monkeypatch):
+    """Above REGION_PIXELS the blend runs region by region (bounded memory): the plane gets
+    about the pixels of the whole-plane blend, no worse along the regions' borders."""
+    import importlib
+
+    import torch
+
+    from fm2s.synthetic import clean_plane, noisy_plane
+
+    engine = importlib.import_module("fm2s.denoise")
+    clean = clean_plane((200, 300), seed=3)
+    noisy = noisy_plane(clean, photons=40, seed=1, dtype=np.uint16)
+    truth = clean * 65535
+    cpu = torch.device("cpu")
+    prepared = engine.prepare_plane(noisy, make_settings("auto", steps=150), key=(0, 0, 0))
+    network = engine.train_networks([engine.TrainingUnit((prepared,), 1)], cpu)[0]
+    whole = engine.apply_network(network, prepared, 7, cpu)
+    monkeypatch.setattr(engine, "REGION_PIXELS", 100 * 100)
+    monkeypatch.setattr(engine, "REGION_SIDE", 128)
+    parts = engine.apply_network(network, prepared, 7, cpu)
+    assert "regions" not in whole.info and parts.info["regions"] == 2 * 3
+    assert parts.image.dtype == noisy.dtype and parts.image.shape == noisy.shape
+
+    def squared_error(image):
+        return (image.astype(np.float64) - truth) ** 2
+
+    noisy_error = squared_error(noisy).mean()
+    assert squared_error(parts.image).mean() < 0.1 * noisy_error  # denoised: > +10 dB
+    assert squared_error(parts.image).mean() < 1.05 * squared_error(whole.image).mean()
+    borders = np.zeros(noisy.shape, bool)
+    borders[92:108] = True  # the regions' cores meet at row 100 and columns 100 and 200
+    borders[:, 92:108] = borders[:, 192:208] = True
+    assert (squared_error(parts.image)[borders].mean()
+            < 1.1 * squared_error(whole.image)[borders].mean())
+    for name in ("blend", "blend_nlm", "blend_guided_nlm"):
+        assert abs(parts.info[name] - whole.info[name]) < 0.1
+    again = engine.apply_network(network, prepared, 7, cpu)
+    np.testing.assert_array_equal(again.image, parts.image)
