@@ -700,10 +700,14 @@ def _apply_in_regions(network: Network, prepared: PreparedPlane, seed: int,
     clean = np.zeros(work.shape)
     sums: dict[str, float] = {}
     info = None
+    count = (len(rows) - 1) * (len(cols) - 1)
     for i in range(len(rows) - 1):
         across, ys = fade(rows, i, height)
         for j in range(len(cols) - 1):
             along, xs = fade(cols, j, width)
+            log.info("plane %s (%d x %d): region %d/%d, rows %d-%d, columns %d-%d",
+                     prepared.key, height, width, i * (len(cols) - 1) + j + 1, count,
+                     rows[i], rows[i + 1], cols[j], cols[j + 1])
             region_seed = plane_seed(seed, ("region", int(rows[i]), int(cols[j])))
             (out,), (info,) = _denoise_works(network, work[None, ys, xs], [quant],
                                              [region_seed], [prepared.info], device, 1)
@@ -714,7 +718,7 @@ def _apply_in_regions(network: Network, prepared: PreparedPlane, seed: int,
                     sums[name] = sums.get(name, 0.0) + share * info[name]
     if info is not None:
         info = {**info, **{k: float(f"{v:.6g}") for k, v in sums.items()},
-                "regions": (len(rows) - 1) * (len(cols) - 1)}
+                "regions": count}
     return clean, info
 
 

@@ -227,7 +227,7 @@ def test_auto_trains_the_same_network_wherever_the_data_sit_in_the_dtype(plane8)
     assert np.abs(out_large.astype(np.int64) - full).mean() > 100  # it did denoise
 
 
-def test_a_large_plane_is_applied_in_regions_without_seams(monkeypatch):
+def test_a_large_plane_is_applied_in_regions_without_seams(monkeypatch, caplog):
     """Above REGION_PIXELS the blend runs region by region (bounded memory): the plane gets
     about the pixels of the whole-plane blend, no worse along the regions' borders."""
     import importlib
@@ -246,8 +246,11 @@ def test_a_large_plane_is_applied_in_regions_without_seams(monkeypatch):
     whole = engine.apply_network(network, prepared, 7, cpu)
     monkeypatch.setattr(engine, "REGION_PIXELS", 100 * 100)
     monkeypatch.setattr(engine, "REGION_SIDE", 128)
-    parts = engine.apply_network(network, prepared, 7, cpu)
+    with caplog.at_level("INFO", logger="fm2s.denoise"):
+        parts = engine.apply_network(network, prepared, 7, cpu)
     assert "regions" not in whole.info and parts.info["regions"] == 2 * 3
+    assert [r.getMessage().split(": ")[1].split(",")[0] for r in caplog.records] == [
+        f"region {k}/6" for k in range(1, 7)]  # progress of a long plane
     assert parts.image.dtype == noisy.dtype and parts.image.shape == noisy.shape
 
     def squared_error(image):
