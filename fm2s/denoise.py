@@ -700,25 +700,22 @@ def _apply_in_regions(network: Network, prepared: PreparedPlane, seed: int,
     clean = np.zeros(work.shape)
     sums: dict[str, float] = {}
     info = None
-    count = (len(rows) - 1) * (len(cols) - 1)
-    for i in range(len(rows) - 1):
-        across, ys = fade(rows, i, height)
-        for j in range(len(cols) - 1):
-            along, xs = fade(cols, j, width)
-            log.info("plane %s (%d x %d): region %d/%d, rows %d-%d, columns %d-%d",
-                     prepared.key, height, width, i * (len(cols) - 1) + j + 1, count,
-                     rows[i], rows[i + 1], cols[j], cols[j + 1])
-            region_seed = plane_seed(seed, ("region", int(rows[i]), int(cols[j])))
-            (out,), (info,) = _denoise_works(network, work[None, ys, xs], [quant],
-                                             [region_seed], [prepared.info], device, 1)
-            clean[ys, xs] += across[:, None] * along[None, :] * out
-            share = (rows[i + 1] - rows[i]) * (cols[j + 1] - cols[j]) / work.size
-            for name in ("blend", "blend_nlm", "blend_guided_nlm"):
-                if info is not None and name in info:
-                    sums[name] = sums.get(name, 0.0) + share * info[name]
+    regions = list(itertools.product(range(len(rows) - 1), range(len(cols) - 1)))
+    for count, (i, j) in enumerate(regions, 1):
+        (across, ys), (along, xs) = fade(rows, i, height), fade(cols, j, width)
+        log.info("plane %s (%d x %d): region %d/%d, rows %d-%d, columns %d-%d", prepared.key,
+                 height, width, count, len(regions), rows[i], rows[i + 1], cols[j], cols[j + 1])
+        region_seed = plane_seed(seed, ("region", int(rows[i]), int(cols[j])))
+        (out,), (info,) = _denoise_works(network, work[None, ys, xs], [quant], [region_seed],
+                                         [prepared.info], device, 1)
+        clean[ys, xs] += across[:, None] * along[None, :] * out
+        share = (rows[i + 1] - rows[i]) * (cols[j + 1] - cols[j]) / work.size
+        for name in ("blend", "blend_nlm", "blend_guided_nlm"):
+            if info is not None and name in info:
+                sums[name] = sums.get(name, 0.0) + share * info[name]
     if info is not None:
         info = {**info, **{k: float(f"{v:.6g}") for k, v in sums.items()},
-                "regions": count}
+                "regions": len(regions)}
     return clean, info
 
 
@@ -753,6 +750,7 @@ def _denoise_works(network: Network, works: np.ndarray, quants: Sequence[float],
             infos[i] = {**info, **recorded}
             cleans[i] = blend
     return cleans, infos
+
 
 def _nlm_blend(work, clean, probe, probed, moved, variance, quant, settings, device):
     """The ``sure-nlm`` blend of one plane, on the network's boosted scale (`settings` scaled
@@ -793,6 +791,7 @@ def _nlm_blend(work, clean, probe, probed, moved, variance, quant, settings, dev
         if recorded["wiener"]:
             blend = vst_wiener(work, blend, *model[:2], settings.noise_line_corr, device=device)
     return blend, recorded
+
 
 def constant_result(prepared: PreparedPlane, seed: int) -> PlaneResult:
     """A constant plane's result: the plane itself (blend 0: all input)."""
