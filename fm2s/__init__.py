@@ -7,7 +7,7 @@
 # Raised whenever the same input, settings and seed give a different output (a new estimator,
 # noise draw or training step), so that the workflow, which passes the version to its rules as
 # a parameter, denoises again what an earlier version made.
-__version__ = "0.8.3"
+__version__ = "0.9.0"
 
 from .denoise import (  # noqa: E402  (the function shadows the module name on purpose)
     PlaneResult,

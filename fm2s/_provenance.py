@@ -310,6 +310,47 @@ def read_variance_note(estimate: dict[str, Any]) -> str | None:
                    "model's variance stays >= 0 over the plane's range. Not an error")
 
 
+NOISE_MODEL_COLUMNS = ["channel", "planes", "from t,c,z", "to t,c,z", "planes fitted",
+                       "gain (DN)", "offset (DN)", "read variance (DN^2)", "std at mean (DN)",
+                       "neighbour correlation", "row correlation", "change"]
+
+
+def noise_model_rows(channels: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per segment of each channel's noise model (``StackNoise.record()``).
+
+    Columns: :data:`NOISE_MODEL_COLUMNS`.
+    """
+    rows = []
+    for channel, entry in sorted(channels.items(), key=lambda item: int(item[0])):
+        changes = {c["at"]: c for c in entry.get("changes") or []}
+        for segment in entry.get("segments") or []:
+            change = changes.get(segment.get("first"))
+            rows.append([
+                channel, entry.get("planes"), segment.get("first"), segment.get("last"),
+                segment.get("fitted_planes"), segment.get("gain_dn"), segment.get("offset_dn"),
+                segment.get("read_var_dn"), segment.get("std_dn_at_mean"),
+                segment.get("neighbour_corr"), segment.get("line_corr"),
+                f"variance x{change['variance_ratio']}" if change else "",
+            ])
+    return rows
+
+
+def noise_model_lines(channels: Mapping[str, Any]) -> list[str]:
+    """``fm2s info``'s lines for the noise models of a store's channels."""
+    lines = []
+    for row in noise_model_rows(channels):
+        channel, planes, first, last, fitted, gain, offset, read, std, corr, line, change = row
+        text = (f"noise:     channel {channel} planes {first} .. {last} ({fitted} of {planes} "
+                f"fitted): gain {gain} DN, read variance {read} DN^2")
+        if offset:
+            text += f" (dark offset {offset} DN)"
+        text += f", std {std} DN at mean, neighbour correlation {corr}"
+        if line:
+            text += f", row correlation {line}"
+        lines.append(text + (f"; starts with a change: {change}" if change else ""))
+    return lines
+
+
 def format_provenance(path: str | Path) -> str:
     """Provenance of a store as readable text, for ``fm2s info STORE``."""
     p = provenance(path)
@@ -337,19 +378,12 @@ def format_provenance(path: str | Path) -> str:
     ]
     estimate = p.get("estimate")
     if estimate:
-        for channel, ref in sorted((estimate.get("references") or {}).items()):
-            e = ref.get("estimate", {})
-            lines.append(
-                f"noise:     channel {channel} (plane {ref.get('plane')}): std "
-                f"{e.get('std_dn')} DN at mean, gain {e.get('gain_dn')} DN, read variance "
-                f"{e.get('read_var_dn')} DN^2, correlation width {e.get('corr')} px")
-            note = read_variance_note(e)
-            if note:
-                lines.append(f"           ({note})")
+        lines += noise_model_lines(estimate.get("channels") or {})
         planes = estimate.get("planes") or {}
         own = [k for k, v in planes.items() if v.get("source") == "plane"]
         blends = [v["blend"] for v in planes.values() if v.get("blend") is not None]
-        text = f"           auto: {len(planes)} plane(s), {len(own)} with their own estimate"
+        text = (f"           auto: {len(planes)} plane(s), {len(own)} with a plane's own "
+                "estimate")
         if blends:
             text += f", blend weight {min(blends):.2f}-{max(blends):.2f}"
         lines.append(text)

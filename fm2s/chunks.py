@@ -478,7 +478,7 @@ def denoise_chunk(
 
 def _write_chunk(output: Path, keys, results, hashes, info, source, references=None, *,
                  stamp: str | None = None) -> Path:
-    # references: ChannelReferences.record() of the models (auto), or None
+    # references: StackNoise.record() of the models (auto), or None
     """Stream the results into ``output`` (npz) under a temporary name, then rename it."""
     seeds, seconds, plane_infos = [], [], {}
     with atomic_output(output, overwrite=True) as tmp:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy import signal
 
-from .estimate import noise_kernel
+from .plane_noise import noise_kernel
 
 __all__ = ["generalized_anscombe", "inverse_generalized_anscombe", "nlm_window", "vst_nlm",
            "vst_wiener", "dct_noise_variance"]

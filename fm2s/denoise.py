@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .classical import WIENER_PATCH, vst_nlm, vst_wiener
+from .estimate import auto_settings, estimate_noise
 from .intensity import (
     fills_little_of_dtype,
     intensity_range,
@@ -117,7 +118,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return resolved
 
 
-def _check_plane(plane: np.ndarray, settings: Settings, what: str) -> None:
+def check_plane(plane: np.ndarray, settings: Settings, what: str) -> None:
+    """Raise ValueError, naming the plane by `what`, unless FM2S can denoise `plane`."""
     if plane.dtype == bool or plane.dtype.kind not in "uif":
         msg = (f"{what}: unsupported dtype {plane.dtype}; expected an integer or float plane")
         raise ValueError(msg)
@@ -178,12 +180,10 @@ def iter_denoise_planes(
     data_range : float, optional
         Intensity mapped to 1.0, for every plane (default: from each plane's dtype).
     noise_reference : callable, optional
-        For ``auto`` settings: ``noise_reference(key)`` gives the reference
-        :class:`fm2s.estimate.NoiseEstimate` of the plane's channel (or None). Each plane's
-        own estimate (cheap: about 0.09 s for 512 x 512) is compared with it
-        (:func:`fm2s.estimate.consistent`): the reference is used when they agree, so planes
-        of one channel share settings (and train together on a GPU), the plane's own estimate
-        when they do not. Default: every plane uses its own estimate.
+        For ``auto`` settings: ``noise_reference(key)`` gives the plane's
+        :class:`fm2s.stack_noise.Segment`, whose model the plane uses (a stack's one noise
+        model per acquisition, :class:`fm2s.stack_noise.StackNoise`). Default: every plane
+        uses its own estimate.
 
     Yields
     ------
@@ -277,7 +277,7 @@ def prepare_plane(plane: np.ndarray, settings: Settings, key: Hashable | None = 
     uint16 copy of a uint8 plane, x257, gets its seed). Raises ValueError on a plane the
     engine cannot denoise, naming it by `what`.
     """
-    _check_plane(plane, settings, what)
+    check_plane(plane, settings, what)
     scale = intensity_range(plane, data_range)
     if warn is not None:
         warn(plane, scale, what)
@@ -288,17 +288,24 @@ def prepare_plane(plane: np.ndarray, settings: Settings, key: Hashable | None = 
 
 
 def _plane_settings(plane, settings, key, data_range, noise_reference):
-    """A plane's effective settings and, for ``auto``, the info recorded with its result."""
+    """A plane's effective settings and, for ``auto``, the info recorded with its result.
+
+    With a `noise_reference` (a stack's :class:`fm2s.stack_noise.StackNoise`), the plane takes
+    its segment's model; without one, its own estimate.
+    """
     if not settings.needs_estimate:
         return settings, None
-    from .estimate import auto_settings, choose_estimate, estimate_noise
-
-    own = estimate_noise(plane, data_range=data_range)
-    reference = noise_reference(key) if noise_reference is not None else None
-    chosen, source = choose_estimate(reference, own)
+    if noise_reference is not None:
+        segment = noise_reference(key)
+        chosen = segment.estimate_for(plane, data_range)
+        info = {"estimate": chosen.to_dict(), "source": "plane" if segment.own else "stack",
+                "segment": segment.index, "plane_std_dn": float(f"{chosen.std_dn:.6g}")}
+    else:
+        chosen = estimate_noise(plane, data_range=data_range)
+        info = {"estimate": chosen.to_dict(), "source": "plane",
+                "plane_std_dn": float(f"{chosen.std_dn:.6g}")}
     resolved = auto_settings(chosen, settings)
-    info = {"estimate": chosen.to_dict(), "source": source,
-            "plane_std_dn": float(f"{own.std_dn:.6g}"), "settings": resolved.to_dict()}
+    info["settings"] = resolved.to_dict()
     return resolved, info
 
 
@@ -529,6 +536,16 @@ class Network:
     boost: float  # the planes were multiplied by this to train (training_boost)
     trained_on: tuple[Hashable, ...]  # keys of the planes it was trained on
     seconds: float = 0.0  # training wall time (its share of a grouped pass)
+    #: Intensity (DN) that maps to 1.0 on the network's scale (None: each plane's own). Float
+    #: planes brighter than 1 are each divided by their own maximum; planes of one noise model
+    #: train and are applied on the scale of the brightest one, where that model holds.
+    scale: float | None = None
+
+    def factor(self, plane: PreparedPlane) -> float:
+        """What a prepared plane is multiplied by to be on the network's (boosted) scale."""
+        if self.scale is None or plane.scale == self.scale:
+            return self.boost
+        return self.boost * plane.scale / self.scale
 
 
 def unit_samples(settings: Settings, planes: int) -> int:
@@ -542,9 +559,21 @@ def unit_samples(settings: Settings, planes: int) -> int:
     return max(settings.samples, min(planes * settings.samples, settings.group_samples))
 
 
+def unit_scale(unit: TrainingUnit) -> PreparedPlane:
+    """The plane of a unit whose scale the unit trains on: the largest (no plane leaves
+    [0, 1] when brought onto it); the first such plane."""
+    return max(unit.planes, key=lambda p: p.scale)
+
+
 def unit_boost(unit: TrainingUnit) -> float:
     """The training boost of a unit: its brightest plane's (no plane leaves [0, 1])."""
-    return min(training_boost(p.noisy, p.settings) for p in unit.planes)
+    top = unit_scale(unit).scale
+    return min(training_boost(_on_scale(p, top), p.settings) for p in unit.planes)
+
+
+def _on_scale(plane: PreparedPlane, scale: float) -> np.ndarray:
+    """A prepared plane brought onto the [0, 1] scale that maps `scale` DN to 1.0."""
+    return plane.noisy if plane.scale == scale else plane.noisy * np.float32(plane.scale / scale)
 
 
 def _scaled(settings: Settings, boost: float) -> Settings:
@@ -568,7 +597,7 @@ def train_networks(units: Sequence[TrainingUnit], device: torch.device,
     pack = pack or pack_size(device)
     prepared = []
     for slot, unit in enumerate(units):
-        first = unit.planes[0]
+        first = unit_scale(unit)  # its settings hold on the unit's scale
         samples = unit_samples(first.settings, len(unit.planes))
         settings = (first.settings if samples == first.settings.samples
                     else first.settings.replace(samples=samples))
@@ -594,7 +623,8 @@ def _fit_units(members, device):
     train_settings = _scaled(settings, boost)
     data = []
     for _, _, unit, _, _ in members:
-        works = [p.noisy * np.float32(boost) for p in unit.planes]
+        top = unit_scale(unit).scale
+        works = [_on_scale(p, top) * np.float32(boost) for p in unit.planes]
         targets = [median_target(w, settings.median_size) for w in works]
         means = [region_means(t, settings.region_size, settings.mean_clamp) for t in targets]
         init_gen = torch.Generator().manual_seed(unit.seed)
@@ -607,7 +637,7 @@ def _fit_units(members, device):
     seconds = (time.perf_counter() - began) / len(members)
     for g, (_, slot, unit, _, _) in enumerate(members):
         network = Network(extract_model(net, g), unit.seed, settings, boost,
-                          tuple(p.key for p in unit.planes), seconds)
+                          tuple(p.key for p in unit.planes), seconds, unit_scale(unit).scale)
         yield slot, network
 
 
@@ -647,19 +677,20 @@ def apply_network_batch(network: Network, planes: Sequence[PreparedPlane], seeds
     overlapping regions (:func:`_apply_in_regions`).
     """
     began = time.perf_counter()
-    boost = network.boost
+    factors = [network.factor(p) for p in planes]
     if planes and planes[0].noisy.size > REGION_PIXELS:  # such planes come one per batch
         outputs = [_apply_in_regions(network, p, seed, device)
                    for p, seed in zip(planes, seeds, strict=True)]
     else:
-        works = np.stack([p.noisy * np.float32(boost) for p in planes])
-        quants = [boost**2 * rounding_variance(p.plane, p.scale) for p in planes]
+        works = np.stack([p.noisy * np.float32(f) for p, f in zip(planes, factors, strict=True)])
+        quants = [f**2 * rounding_variance(p.plane, p.scale)
+                  for p, f in zip(planes, factors, strict=True)]
         outputs = zip(*_denoise_works(network, works, quants, seeds, [p.info for p in planes],
                                       device, batch), strict=True)
     seconds = (time.perf_counter() - began) / len(planes)
-    return [PlaneResult(to_dtype(clean / boost * p.scale, p.plane.dtype), seconds, seed, p.key,
+    return [PlaneResult(to_dtype(clean / f * p.scale, p.plane.dtype), seconds, seed, p.key,
                         p.scale, info)
-            for (clean, info), p, seed in zip(outputs, planes, seeds, strict=True)]
+            for (clean, info), p, seed, f in zip(outputs, planes, seeds, factors, strict=True)]
 
 
 #: Planes of more pixels than this are applied in regions of about ``REGION_SIDE`` pixels
@@ -681,7 +712,7 @@ def _apply_in_regions(network: Network, prepared: PreparedPlane, seed: int,
     so that there are no seams.
     The info records the weights' means over the plane and the number of regions.
     """
-    boost = network.boost
+    boost = network.factor(prepared)
     work = prepared.noisy * np.float32(boost)
     quant = boost**2 * rounding_variance(prepared.plane, prepared.scale)
     height, width = work.shape

@@ -48,6 +48,7 @@ from .denoise import (
     PreparedPlane,
     TrainingUnit,
     apply_network_batch,
+    check_plane,
     constant_result,
     inference_batch,
     pack_size,
@@ -59,10 +60,12 @@ from .denoise import (
 from .model import FM2SNet
 from .outputs import atomic_output
 from .settings import Settings
+from .stack_noise import StackNoise
 from .stacks import PlaneKey, StackError
 
 __all__ = ["GROUP_PIXELS", "MODEL_FORMAT", "Group", "ModelError", "StackModel", "apply_model",
-           "denoise_stack_planes", "group_seed", "plan_groups", "plane_sha256", "train_stack"]
+           "denoise_stack_planes", "group_seed", "plan_groups", "plane_sha256", "stack_noise",
+           "train_stack"]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,12 @@ def plan_groups(keys: Sequence[tuple[int, int, int]], settings: Settings,
         for start in range(0, len(members), size):
             groups.append(Group(len(groups), channel, tuple(members[start:start + size])))
     return groups
+
+
+def stack_noise(stack, settings: Settings, data_range: float | None = None) -> StackNoise:
+    """The noise models of a stack's channels (``auto``), refusing planes FM2S cannot denoise."""
+    return StackNoise(stack, data_range,
+                      check=lambda plane, what: check_plane(plane, settings, what))
 
 
 def group_seed(seed: int, group: Group) -> int:
@@ -204,7 +213,8 @@ class StackModel:
                 "id": name, "seed": network.seed, "boost": network.boost,
                 "settings": network.settings.to_dict(),
                 "trained_on": [PlaneKey(*k).label for k in network.trained_on],
-                "seconds": round(network.seconds, 4), **self.network_info[name],
+                "seconds": round(network.seconds, 4), "scale": network.scale,
+                **self.network_info[name],
             })
         header = {
             "format": MODEL_FORMAT, "fm2s_version": __version__,
@@ -254,9 +264,11 @@ class StackModel:
                 msg = f"{path}: network {entry['id']} does not match its digest (corrupt file)"
                 raise ModelError(msg)
             trained_on = tuple(PlaneKey.from_label(label) for label in entry["trained_on"])
+            scale = entry.get("scale")
             model.networks[entry["id"]] = Network(net, int(entry["seed"]), settings,
                                                   float(entry["boost"]), trained_on,
-                                                  float(entry.get("seconds", 0.0)))
+                                                  float(entry.get("seconds", 0.0)),
+                                                  None if scale is None else float(scale))
             model.network_info[entry["id"]] = {
                 k: entry[k] for k in ("group", "channel", "shared", "samples", "digest",
                                       "estimate") if k in entry}
@@ -334,9 +346,7 @@ def train_stack(
     plan = plan_groups(stack.plane_keys(), settings, meta.shape[3:])
     chosen = plan if groups is None else [plan[i] for i in groups]
     if settings.needs_estimate and references is None:
-        from .estimate import ChannelReferences
-
-        references = ChannelReferences(stack, data_range)
+        references = stack_noise(stack, settings, data_range)
     model = StackModel(settings, int(seed), data_range, str(meta.path))
     warn = LowRangeWarning(settings, data_range)
     pack = pack_size(device)
@@ -374,15 +384,26 @@ def _group_units(stack, group: Group, settings, seed, data_range, references, wa
         prepared.append(item)
         model.planes[key.label] = {"network": None, "group": group.index,
                                    "input_sha256": plane_sha256(plane), "info": item.info}
-    shared = [p for p in prepared if not p.constant
-              and (p.info is None or p.info.get("source") == "channel")]
-    own = [p for p in prepared if not p.constant and p not in shared]
-    if len(shared) == 1:
-        own, shared = [*shared, *own], []
+    # Planes of one noise model share a network: a group's planes of one segment of its
+    # channel (one acquisition setting), or every plane for the hand-set presets.
+    parts: dict[int, list[PreparedPlane]] = {}
+    own = []
+    for p in prepared:
+        if p.constant:
+            continue
+        if p.info is None or p.info.get("source") == "stack":
+            parts.setdefault((p.info or {}).get("segment", 0), []).append(p)
+        else:
+            own.append(p)
     units, names = [], []
-    if shared:
-        units.append(TrainingUnit(tuple(shared), group_seed(seed, group)))
-        names.append(f"group-{group.index}")
+    for segment, members in sorted(parts.items()):
+        if len(members) == 1:
+            own.extend(members)
+            continue
+        first = segment == min(parts)
+        units.append(TrainingUnit(tuple(members), group_seed(seed, group) if first
+                                  else plane_seed(seed, ("group", group.index, segment))))
+        names.append(f"group-{group.index}" if first else f"group-{group.index}-s{segment}")
     for p in sorted(own, key=lambda p: p.key):
         units.append(TrainingUnit((p,), plane_seed(seed, p.key)))
         names.append(f"plane-{PlaneKey(*p.key).label}")
@@ -573,9 +594,7 @@ def denoise_stack_planes(
         return
     plan = plan_groups(stack.plane_keys(), settings, stack.metadata.shape[3:])
     if settings.needs_estimate and references is None:
-        from .estimate import ChannelReferences
-
-        references = ChannelReferences(stack, data_range)
+        references = stack_noise(stack, settings, data_range)
     pack = pack_size(device)
     held = _HeldPlanes(stack)
     for start in range(0, len(plan), pack):

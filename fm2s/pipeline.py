@@ -102,7 +102,7 @@ def denoise_stack(
         output inside the input. Nothing is left under `output_path` on any error.
     """
     from fm2s.denoise import resolve_device, set_threads
-    from fm2s.engine import denoise_stack_planes
+    from fm2s.engine import denoise_stack_planes, stack_noise
 
     input_path, output_path = Path(input_path), Path(output_path)
     set_threads(threads)
@@ -129,9 +129,7 @@ def denoise_stack(
         results: dict[PlaneKey, Any] = {}
         references = None
         if settings.needs_estimate and model is None:
-            from fm2s.estimate import ChannelReferences
-
-            references = ChannelReferences(stack, data_range)
+            references = stack_noise(stack, settings, data_range)
         bar = tqdm(total=len(keys), unit="plane", desc=input_path.name,
                    disable=None if progress else True)
         with writer, bar:
@@ -190,7 +188,7 @@ def pixels_digest(plane_hashes) -> str:
 def stack_record(results, keys, *, data_range, model=None, references=None) -> dict[str, Any]:
     """Provenance entries of a stack's planes: ``data_range``, ``networks`` (which network
     denoised which plane, summarised) and, for ``auto``, ``estimate``."""
-    from fm2s.estimate import provenance_record
+    from fm2s.stack_noise import provenance_record
 
     infos = {k.label: results[k]["info"] for k in keys if results[k]["info"]}
     record: dict[str, Any] = {"data_range": data_range, "model_file": None if model is None

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy import ndimage
 
-from fm2s._provenance import read_variance_note
+from fm2s._provenance import NOISE_MODEL_COLUMNS, noise_model_rows, read_variance_note
 from fm2s.outputs import atomic_output
 
 __all__ = [
@@ -440,14 +440,20 @@ def _stack_section(name: str, source: Path, store: Path, *, series: int, pages_a
     shown = {k: v for k, v in record.items()
              if k not in ("settings", "plane_seconds", "libraries", "workflow", "networks")}
     if "estimate" in shown:
-        shown["estimate"] = {k: v for k, v in shown["estimate"].items() if k != "planes"}
+        shown["estimate"] = {k: v for k, v in shown["estimate"].items()
+                             if k not in ("planes", "channels")}
     shown["input"] = {k: v for k, v in (shown.get("input") or {}).items() if k != "metadata"}
     libraries = ", ".join(f"{k} {v}" for k, v in (record.get("libraries") or {}).items() if v)
     flow = dict(record.get("workflow") or {})
     config = flow.pop("config", None)
-    notes = [read_variance_note(ref.get("estimate") or {}) for ref in
-             ((record.get("estimate") or {}).get("references") or {}).values()]
+    channels = (record.get("estimate") or {}).get("channels") or {}
+    notes = [read_variance_note(segment) for entry in channels.values()
+             for segment in entry.get("segments") or []]
     notes = sorted({n for n in notes if n})
+    if channels:
+        parts.append("<h3>Noise model</h3><p>One model per channel, fitted to the pooled "
+                     "evidence of its planes; a new row starts where the noise changed.</p>"
+                     + _table(noise_model_rows(channels), NOISE_MODEL_COLUMNS))
     parts.append(
         "<h3>Settings and provenance</h3>"
         + "".join(f'<p class="note">{_esc(n)}.</p>' for n in notes)

@@ -7,24 +7,19 @@ import pytest
 from scipy import ndimage, signal
 
 import fm2s
-from fm2s.estimate import (
+from fm2s.estimate import auto_settings, estimate_noise, median_window, resolve_settings
+from fm2s.noise import correlation_kernel
+from fm2s.plane_noise import (
     _QUANTILE,
     _WINDOW,
-    ChannelReferences,
     _bin,
     _chain_gain,
     _gamma_quantiles,
     _highpass,
     _window_dof,
-    auto_settings,
-    channel_reference_keys,
-    consistent,
-    estimate_noise,
-    median_window,
-    resolve_settings,
 )
-from fm2s.noise import correlation_kernel
 from fm2s.settings import AUTO_FIELDS, Settings, make_settings
+from fm2s.stack_noise import StackNoise
 from fm2s.synthetic import clean_plane
 
 # Stated tolerances (docs/noise-estimation.md): on 256 x 256 planes with structure, the noise
@@ -264,18 +259,8 @@ def test_auto_denoise_info_and_determinism(clean):
         fm2s.denoise(noisy, settings=resolved, seed=3, device="cpu", threads=1), first.image)
 
 
-def test_channel_reference_and_check(clean):
-    keys = [(t, c, z) for t in range(3) for c in range(2) for z in range(5)]
-    assert channel_reference_keys(keys) == {0: (0, 0, 2), 1: (0, 1, 2)}
-    same = [estimate_noise(make_noisy(clean, 50, 0.01, seed=s)) for s in (1, 2)]
-    assert consistent(same[0], same[1])
-    brighter = estimate_noise(make_noisy(clean, 10, 0.01))
-    correlated = estimate_noise(make_noisy(clean, 50, 0.01, corr=0.8))
-    assert not consistent(same[0], brighter) and not consistent(same[0], correlated)
-
-
-def test_stack_uses_one_estimate_per_channel(clean):
-    class Stack:  # the two methods ChannelReferences needs
+def test_stack_uses_one_model_per_channel(clean):
+    class Stack:  # the two methods StackNoise needs
         def __init__(self):
             self.reads = []
 
@@ -287,15 +272,18 @@ def test_stack_uses_one_estimate_per_channel(clean):
             return make_noisy(clean[:128, :128], 40, 0.01, dtype=np.uint8, seed=key[0])
 
     stack = Stack()
-    refs = ChannelReferences(stack)
+    noise = StackNoise(stack)
     planes = [stack.read_plane(k) for k in stack.plane_keys()]
     results = list(fm2s.iter_denoise_planes(planes, make_settings("auto", **FAST), device="cpu",
-                                            keys=stack.plane_keys(), noise_reference=refs))
-    assert stack.reads.count((0, 0, 0)) == 2  # once as a plane, once as the reference
-    assert [r.info["source"] for r in results] == ["channel"] * 4
+                                            keys=stack.plane_keys(), noise_reference=noise))
+    assert stack.reads.count((0, 0, 0)) == 2  # once as a plane, once for the model
+    assert [r.info["source"] for r in results] == ["stack"] * 4
+    assert [r.info["segment"] for r in results] == [0] * 4
     assert {json.dumps(r.info["settings"], sort_keys=True) for r in results} == {
         json.dumps(results[0].info["settings"], sort_keys=True)}
-    assert refs.record()["0"]["plane"] == "0,0,0"
+    record = noise.record()["0"]
+    assert record["planes"] == 4 and record["sampled"] == 4 and record["changes"] == []
+    assert record["segments"][0]["first"] == "0,0,0" and record["segments"][0]["last"] == "3,0,0"
 
 
 def test_auto_recorded_in_provenance_and_independent_of_chunking(tmp_path):
@@ -315,11 +303,11 @@ def test_auto_recorded_in_provenance_and_independent_of_chunking(tmp_path):
     record = provenance(direct)
     estimate = record["estimate"]
     assert record["settings"] == settings.to_dict()  # as requested; the choices follow
-    assert set(estimate["references"]) == {"0", "1"}
-    assert estimate["references"]["1"]["plane"] == "0,1,1"
+    assert set(estimate["channels"]) == {"0", "1"}
+    assert estimate["channels"]["1"]["segments"][0]["fitted_planes"] == 3
     assert set(estimate["planes"]) == {f"0,{c},{z}" for c in range(2) for z in range(3)}
     plane = estimate["planes"]["0,1,2"]
-    assert plane["source"] in ("channel", "plane") and 0 <= plane["blend"] <= 1
+    assert plane["source"] == "stack" and plane["segment"] == 0 and 0 <= plane["blend"] <= 1
     assert plane["median_size"] >= 3 and plane["plane_std_dn"] > 0
     assert "noise:     channel 0" in format_provenance(direct)
 

@@ -27,7 +27,7 @@ from fm2s.synthetic import clean_plane, noisy_plane
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"steps": 2, "crop_size": 16, "batch_size": 1}
 CHROMIUM = Path("/usr/bin/chromium")
-STACK_SECTIONS = ["Images", "Noise level", "Denoise time", "Networks",
+STACK_SECTIONS = ["Images", "Noise level", "Denoise time", "Networks", "Noise model",
                   "Settings and provenance"]
 
 
