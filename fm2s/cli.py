@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__
-from .denoise import iter_denoise_planes
 from .outputs import atomic_output, check_writable
-from .planeio import IMAGE_SUFFIXES, read_image, write_image
 from .settings import PRESETS, RECIPES, Settings, make_settings, parse_overrides
+
+# Modules that load torch, SciPy, scikit-image, imageio, tifffile, zarr or dask are imported
+# inside the verbs that need them: `fm2s --version` and `fm2s --help` stay at a fraction of a
+# CPU-second (tests/test_cli_startup.py).
 
 log = logging.getLogger("fm2s")
 
@@ -100,6 +101,7 @@ def _seed(args) -> int:
 
 def cmd_denoise(args) -> int:
     from .pipeline import denoise_image_file, denoise_stack  # stack I/O pulls in zarr and dask
+    from .planeio import IMAGE_SUFFIXES
 
     src, dst = args.input, args.output
     if src.resolve() == dst.resolve():
@@ -175,6 +177,8 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from skimage.metrics import peak_signal_noise_ratio as psnr
 
+    from .denoise import iter_denoise_planes
+    from .planeio import write_image
     from .synthetic import clean_plane, noisy_plane
 
     out = args.output_dir
@@ -223,6 +227,10 @@ def evaluate_folder(noisy_dir: Path, truth_dir: Path, args,
     window of :func:`fm2s.report.pick_region` on the ground truth) for ``--html``.
     """
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from tqdm import tqdm
+
+    from .denoise import iter_denoise_planes
+    from .planeio import IMAGE_SUFFIXES, read_image, write_image
 
     names = sorted(p.name for p in noisy_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
                    and (truth_dir / p.name).is_file())
