@@ -652,6 +652,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Verbs that train networks, and so report training progress (fm2s.train.training_progress).
+TRAINING_VERBS = ("denoise", "train", "demo", "eval", "train-groups")
+PROGRESS_LOG_SECONDS = 30.0  # without -v, a log line of training progress at most this often
+
+
+def training_reporter(verbose: bool, terminal: bool | None = None):
+    """A callback for :func:`fm2s.train.training_progress`: steps done, of all, and time left.
+
+    On a terminal (stderr a TTY, or `terminal` true) a tqdm bar per training pass, which tqdm
+    updates at most 10 times a second; elsewhere (a log file, a workflow job) log lines: with
+    `verbose`, at every tenth of the steps (DEBUG), otherwise at most every
+    ``PROGRESS_LOG_SECONDS`` (INFO), so that a long training is never silent.
+    """
+    if terminal is None:
+        terminal = sys.stderr.isatty()
+    state = {}
+
+    def report(done: int, total: int, networks: int) -> None:
+        now = time.perf_counter()
+        what = f"training {networks} network{'s' if networks > 1 else ''}"
+        if done == 0:
+            if state.get("bar") is not None:
+                state["bar"].close()
+            state.update(started=now, logged=now, next=max(1, total // 10), bar=None)
+            if terminal:
+                from tqdm import tqdm
+
+                state["bar"] = tqdm(total=total, desc=what, unit="step", leave=False)
+            log.debug("%s: %d steps", what, total)
+            return
+        if state["bar"] is not None:
+            state["bar"].update(done - state["bar"].n)
+            if done == total:
+                state["bar"].close()
+                state["bar"] = None
+            return
+        elapsed = now - state["started"]
+        due = (done >= state["next"] if verbose
+               else now - state["logged"] >= PROGRESS_LOG_SECONDS) or done == total
+        if not due:
+            return
+        state["logged"] = now
+        state["next"] = done + max(1, total // 10)
+        left = elapsed / done * (total - done)
+        log.log(logging.DEBUG if verbose or done == total else logging.INFO,
+                "%s: step %d of %d, %.1f s, about %.1f s left", what, done, total, elapsed, left)
+
+    return report
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's time limit or scancel), raised where the process is, so that
     temporaries are removed as on Ctrl-C."""
@@ -669,7 +719,12 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        return args.func(args)
+        if args.quiet or args.command not in TRAINING_VERBS:
+            return args.func(args)
+        from .train import training_progress
+
+        with training_progress(training_reporter(args.verbose)):
+            return args.func(args)
     except (UsageError, FileNotFoundError, ValueError) as error:
         # ValueError: ImageFileError, StackError, OutputError and other input errors
         print(f"fm2s: error: {error}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The command line's own behaviour: start-up without torch, -q/-v on either side of the verb,
-and ``fm2s info --json`` against its schema."""
+``fm2s info --json`` against its schema, and training progress."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import fm2s
-from fm2s.cli import INFO_JSON_SCHEMA, build_parser, main
+from fm2s.cli import INFO_JSON_SCHEMA, build_parser, main, training_reporter
 from fm2s.planeio import write_image
 
 TINY = ["--set", "steps=3", "--set", "crop_size=24", "--set", "batch_size=2", "--device", "cpu"]
@@ -106,3 +107,30 @@ def test_info_json_writes_no_bare_nan(tmp_path, capsys):
     text = capsys.readouterr().out
     info = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name}"))
     jsonschema.validate(info, INFO_JSON_SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+def test_training_progress_is_logged_at_verbose_and_changes_nothing(tmp_path, plane8, caplog):
+    """-v logs training steps and time left; the pixels are those of a quiet run."""
+    src = write_image(tmp_path / "in.png", plane8)
+    quiet, loud = tmp_path / "quiet.png", tmp_path / "loud.png"
+    tiny = [*TINY[2:], "--set", "steps=20", "--threads", "1"]
+    assert main(["denoise", str(src), str(quiet), *tiny, "-q"]) == 0
+    with caplog.at_level(logging.DEBUG, logger="fm2s"):
+        assert main(["denoise", str(src), str(loud), *tiny, "-v"]) == 0
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "fm2s" and r.getMessage().startswith("training 1 network")]
+    assert lines[0] == "training 1 network: 20 steps"
+    assert any("step 10 of 20" in line and "s left" in line for line in lines)
+    assert "step 20 of 20" in lines[-1]
+    from fm2s.planeio import read_image
+
+    np.testing.assert_array_equal(read_image(quiet), read_image(loud))
+
+
+def test_training_reporter_bar_on_a_terminal(capsys):
+    report = training_reporter(verbose=False, terminal=True)
+    report(0, 4, 2)
+    for done in range(1, 5):
+        report(done, 4, 2)
+    err = capsys.readouterr().err
+    assert "training 2 networks" in err and "/4 " in err  # tqdm redraws when it sees fit
