@@ -82,3 +82,16 @@ def test_make_setup_installs_with_the_lock():
     makefile = (ROOT / "Makefile").read_text()
     assert "pip install --quiet -c constraints.txt -e" in makefile
 
+
+def test_workflow_catalog_file():
+    """.snakemake-workflow-catalog.yml has the catalog's keys, and claims only what the
+    workflow has: conda environments on every rule, no container."""
+    yaml = pytest.importorskip("yaml")
+    usage = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())["usage"]
+    assert set(usage) == {"mandatory-flags", "software-stack-deployment", "report"}
+    assert usage["mandatory-flags"]["desc"] and usage["mandatory-flags"]["flags"]
+    stack = usage["software-stack-deployment"]
+    assert stack == {"conda": True, "apptainer": False, "apptainer+conda": False}
+    assert usage["report"] is True
+    rules = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    assert rules.count("conda:") == rules.count("\nrule ") and "container:" not in rules
