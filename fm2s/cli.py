@@ -56,8 +56,11 @@ def _add_settings_options(parser: argparse.ArgumentParser, *, preset_help: str |
     group.add_argument("--seed", type=int, default=None, help="base seed (default 0); plane "
                        "(t, c, z) of a stack is denoised with plane_seed(seed, (t, c, z))")
     group.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=(
-        "override one setting, e.g. --set k_g=150 --set steps=200 (repeatable); "
-        "see fm2s.settings.Settings for the keys"))
+        "override one setting, e.g. --set k_g=150 (repeatable); see fm2s.settings.Settings "
+        "for the keys. --set steps=N: every network trains N optimiser steps, a network of "
+        "one plane and a group's shared network alike (the fast recipe's defaults: 1,500 for "
+        "a plane, 1,500 per plane up to 3,000 for a group); fewer steps are faster and "
+        "denoise less well"))
     group.add_argument("--settings", metavar="JSON", type=Path, help=(
         "read complete settings from a JSON file (as written by --save-settings); "
         "--preset, --recipe and --set are then not allowed"))
