@@ -27,7 +27,7 @@ from .settings import PRESETS, RECIPES, Settings, make_settings, parse_overrides
 
 # Modules that load torch, SciPy, scikit-image, imageio, tifffile, zarr or dask are imported
 # inside the verbs that need them: `fm2s --version` and `fm2s --help` stay at a fraction of a
-# CPU-second (tests/test_cli_startup.py).
+# CPU-second (tests/test_cli_options.py).
 
 log = logging.getLogger("fm2s")
 
