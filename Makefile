@@ -11,10 +11,12 @@ BIN := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# pyproject.toml states ranges; constraints.txt pins every package to the versions the tests
+# and benchmarks ran with (tests/test_packaging.py checks that each pin lies in its range).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,workflow,vendor,napari]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,workflow,vendor,napari]'
 	touch $@
 
 demo: setup

@@ -2,35 +2,69 @@
 
 >>> import fm2s
 >>> clean = fm2s.denoise(noisy_plane, seed=0)  # doctest: +SKIP
+
+The public names below are imported on first use, so that ``import fm2s`` (and ``fm2s
+--version`` or ``--help``) does not load torch, SciPy or scikit-image.
 """
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
 
 # Raised whenever the same input, settings and seed give a different output (a new estimator,
 # noise draw or training step), so that the workflow, which passes the version to its rules as
 # a parameter, denoises again what an earlier version made.
 __version__ = "0.9.0"
 
-from .denoise import (  # noqa: E402  (the function shadows the module name on purpose)
-    PlaneResult,
-    denoise,
-    denoise_planes,
-    iter_denoise_planes,
-    plane_seed,
-)
-from .estimate import NoiseEstimate, estimate_noise, resolve_settings  # noqa: E402
-from .settings import PRESETS, RECIPES, Settings, make_settings  # noqa: E402
+# Public name -> submodule that defines it.
+_LAZY = {
+    "PlaneResult": "denoise",
+    "denoise": "denoise",
+    "denoise_planes": "denoise",
+    "iter_denoise_planes": "denoise",
+    "plane_seed": "denoise",
+    "NoiseEstimate": "estimate",
+    "estimate_noise": "estimate",
+    "resolve_settings": "estimate",
+    "PRESETS": "settings",
+    "RECIPES": "settings",
+    "Settings": "settings",
+    "make_settings": "settings",
+}
 
-__all__ = [
-    "PRESETS",
-    "RECIPES",
-    "NoiseEstimate",
-    "PlaneResult",
-    "Settings",
-    "__version__",
-    "denoise",
-    "denoise_planes",
-    "estimate_noise",
-    "iter_denoise_planes",
-    "make_settings",
-    "plane_seed",
-    "resolve_settings",
-]
+__all__ = sorted([*_LAZY, "__version__"])
+
+
+def __getattr__(name: str):
+    """Import the submodule that defines public name `name` and return it (PEP 562)."""
+    if name not in _LAZY:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """The package module: ``fm2s.denoise`` stays the function, never the submodule.
+
+    Importing a submodule binds it as an attribute of its package. The function
+    :func:`fm2s.denoise.denoise` has the name of its module on purpose, and was bound after the
+    submodule when this package imported it eagerly; now that it is imported on first use, the
+    binding of the submodule ``fm2s.denoise`` (by any ``from .denoise import ...``) is turned
+    into the function here, so ``fm2s.denoise(plane)`` works whatever was imported first.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "denoise" and isinstance(value, types.ModuleType):
+            value = value.denoise
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import os
 import signal
@@ -19,13 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from . import __version__
-from .denoise import iter_denoise_planes
 from .outputs import atomic_output, check_writable
-from .planeio import IMAGE_SUFFIXES, read_image, write_image
 from .settings import PRESETS, RECIPES, Settings, make_settings, parse_overrides
+
+# Modules that load torch, SciPy, scikit-image, imageio, tifffile, zarr or dask are imported
+# inside the verbs that need them: `fm2s --version` and `fm2s --help` stay at a fraction of a
+# CPU-second (tests/test_cli_options.py).
 
 log = logging.getLogger("fm2s")
 
@@ -54,8 +56,11 @@ def _add_settings_options(parser: argparse.ArgumentParser, *, preset_help: str |
     group.add_argument("--seed", type=int, default=None, help="base seed (default 0); plane "
                        "(t, c, z) of a stack is denoised with plane_seed(seed, (t, c, z))")
     group.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help=(
-        "override one setting, e.g. --set k_g=150 --set steps=200 (repeatable); "
-        "see fm2s.settings.Settings for the keys"))
+        "override one setting, e.g. --set k_g=150 (repeatable); see fm2s.settings.Settings "
+        "for the keys. --set steps=N: every network trains N optimiser steps, a network of "
+        "one plane and a group's shared network alike (the fast recipe's defaults: 1,500 for "
+        "a plane, 1,500 per plane up to 3,000 for a group); fewer steps are faster and "
+        "denoise less well"))
     group.add_argument("--settings", metavar="JSON", type=Path, help=(
         "read complete settings from a JSON file (as written by --save-settings); "
         "--preset, --recipe and --set are then not allowed"))
@@ -100,6 +105,7 @@ def _seed(args) -> int:
 
 def cmd_denoise(args) -> int:
     from .pipeline import denoise_image_file, denoise_stack  # stack I/O pulls in zarr and dask
+    from .planeio import IMAGE_SUFFIXES
 
     src, dst = args.input, args.output
     if src.resolve() == dst.resolve():
@@ -175,6 +181,8 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from skimage.metrics import peak_signal_noise_ratio as psnr
 
+    from .denoise import iter_denoise_planes
+    from .planeio import write_image
     from .synthetic import clean_plane, noisy_plane
 
     out = args.output_dir
@@ -223,6 +231,10 @@ def evaluate_folder(noisy_dir: Path, truth_dir: Path, args,
     window of :func:`fm2s.report.pick_region` on the ground truth) for ``--html``.
     """
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from tqdm import tqdm
+
+    from .denoise import iter_denoise_planes
+    from .planeio import IMAGE_SUFFIXES, read_image, write_image
 
     names = sorted(p.name for p in noisy_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
                    and (truth_dir / p.name).is_file())
@@ -321,6 +333,69 @@ def cmd_eval(args) -> int:
 
 # --- fm2s info ----------------------------------------------------------------------------------
 
+#: JSON Schema (draft 2020-12) of ``fm2s info --json``: what fm2s reads from the input (as
+#: the text form's lines below "as read:") and, for a store written by fm2s, its provenance
+#: (fm2s.provenance(STORE), null otherwise). Non-finite numbers are written as null.
+INFO_JSON_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "fm2s info --json",
+    "type": "object",
+    "required": ["fm2s_version", "path", "series", "input", "provenance"],
+    "additionalProperties": False,
+    "properties": {
+        "fm2s_version": {"type": "string", "description": "version of the fm2s that read it"},
+        "path": {"type": "string"},
+        "series": {"type": "integer", "minimum": 0},
+        "input": {
+            "type": "object",
+            "description": "fm2s._stack_types.StackMetadata.to_dict()",
+            "required": ["path", "format", "axes_found", "shape", "dtype", "shape_found",
+                         "pixel_sizes", "units", "time_step", "time_unit", "channel_names",
+                         "channel_colors", "series", "n_series"],
+            "properties": {
+                "path": {"type": "string"},
+                "format": {"type": "string"},
+                "axes_found": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                          "minItems": 5, "maxItems": 5, "description": "t, c, z, y, x"},
+                "dtype": {"type": "string"},
+                "shape_found": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "pixel_sizes": {"type": "object",
+                                "additionalProperties": {"type": ["number", "null"]}},
+                "units": {"type": "object", "additionalProperties": {"type": ["string", "null"]}},
+                "time_step": {"type": ["number", "null"]},
+                "time_unit": {"type": ["string", "null"]},
+                "channel_names": {"type": ["array", "null"], "items": {"type": "string"}},
+                "channel_colors": {"type": ["array", "null"],
+                                   "items": {"type": ["string", "null"],
+                                             "pattern": "^[0-9A-Fa-f]{6}$"}},
+                "series": {"type": "integer", "minimum": 0},
+                "n_series": {"type": "integer", "minimum": 1},
+            },
+        },
+        "provenance": {
+            "type": ["object", "null"],
+            "description": "fm2s.provenance(STORE) of a store written by fm2s",
+            "required": ["fm2s_version", "settings", "seed"],
+        },
+    },
+}
+
+
+def _jsonable(value):
+    """`value` as strict JSON types: tuples as lists, NumPy scalars as numbers, NaN and
+    infinities as None (``json.dumps`` would write them as bare NaN, which is not JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def cmd_info(args) -> int:
     from ._ngff import PROVENANCE_KEY
     from ._provenance import format_provenance
@@ -329,6 +404,13 @@ def cmd_info(args) -> int:
     with open_stack(args.store, series=args.series) as stack:
         meta = stack.metadata
         ours = meta.format == "ome-zarr" and _has_attribute(args.store, PROVENANCE_KEY)
+    if args.json:
+        from ._provenance import provenance
+
+        info = {"fm2s_version": __version__, "path": str(args.store), "series": args.series,
+                "input": meta.to_dict(), "provenance": provenance(args.store) if ours else None}
+        print(json.dumps(_jsonable(info), indent=2, allow_nan=False))
+        return 0
     if ours:
         print(format_provenance(args.store))
         print("\n".join(["as read:"] + [f"  {line}" for line in meta.describe()]))
@@ -425,15 +507,28 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
 
 # --- entry point --------------------------------------------------------------------------------
 
+def _add_output_options(parser: argparse.ArgumentParser, default) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="log every plane, and training progress every 10%% of its steps")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="no progress bars or logs, only errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fm2s", description="Zero-shot denoising of fluorescence microscopy with FM2S.")
     parser.add_argument("--version", action="version", version=f"fm2s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every plane")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or logs")
+    _add_output_options(parser, default=False)
+    # -q and -v after the verb too (fm2s denoise IN OUT -q); given there, they win.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_output_options(common, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("denoise", help="denoise a plane, a TIFF stack or an OME stack",
+    def add_verb(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add_verb("denoise", help="denoise a plane, a TIFF stack or an OME stack",
                        description="Denoise IN into OUT. PNG/TIFF planes and simple TIFF stacks "
                        "(every plane denoised) give the same format back, with the input's dtype "
                        "and shape; OME-TIFF, ImageJ, OME-Zarr or a folder of TIFFs as IN, or an "
@@ -456,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_options(p)
     p.set_defaults(func=cmd_denoise)
 
-    p = sub.add_parser("train", help="train the networks of a stack into a model file",
+    p = add_verb("train", help="train the networks of a stack into a model file",
                        description="Train the networks of STACK (one per group of similar "
                        "planes of a channel, or per plane) and write them, with their settings, "
                        "seeds, digests and the planes they were trained on, to MODEL; apply "
@@ -472,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="denoise a synthetic plane and report PSNR",
+    p = add_verb("demo", help="denoise a synthetic plane and report PSNR",
                        description="Make a synthetic fluorescence-like plane with known "
                        "Poisson-Gaussian noise, denoise it and print PSNR before and after.")
     p.add_argument("output_dir", type=Path, nargs="?", default=Path("fm2s-demo"),
@@ -481,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("eval", help="score denoising against ground truth",
+    p = add_verb("eval", help="score denoising against ground truth",
                        description="Denoise every image in NOISY_DIR that has a same-named image "
                        "in GT_DIR; print PSNR and SSIM (skimage.metrics; data range 255 for "
                        "8-bit) per image and per name prefix (e.g. Confocal), and seconds.")
@@ -498,13 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "WideField_)")
     p.set_defaults(func=cmd_eval, preset="by-name")
 
-    p = sub.add_parser("info", help="print the provenance of an fm2s OME-Zarr store, or what "
+    p = add_verb("info", help="print the provenance of an fm2s OME-Zarr store, or what "
                        "fm2s reads from any input (format, axes, channels, pixel sizes)")
     p.add_argument("store", type=Path, metavar="PATH")
     p.add_argument("--series", type=int, default=0, help="series to describe (default 0)")
+    p.add_argument("--json", action="store_true", help="print it as one JSON object instead "
+                   "(schema: fm2s.cli.INFO_JSON_SCHEMA): fm2s_version, path, series, input "
+                   "(what fm2s reads) and provenance (null for a store not written by fm2s)")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("report", help="write the QC page of denoised OME-Zarr stores",
+    p = add_verb("report", help="write the QC page of denoised OME-Zarr stores",
                        description="Write one self-contained HTML page: for each STORE (written "
                        "by fm2s, with provenance) and the input recorded in it, raw and denoised "
                        "images, an intensity profile, the noise per plane before and after, the "
@@ -520,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zoom", type=int, default=64, help="side of the zoomed crop (default 64)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("synth", help="write a synthetic noisy time-lapse z-stack (OME-TIFF)",
+    p = add_verb("synth", help="write a synthetic noisy time-lapse z-stack (OME-TIFF)",
                        description="Write a deterministic fluorescence-like (t, c, z, y, x) stack "
                        "with Poisson-Gaussian noise as an OME-TIFF: the workflow's demo input.")
     p.add_argument("output", type=Path, help="output file, e.g. demo.ome.tif")
@@ -533,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("train-groups", help="train some groups' networks (workflow job)",
+    p = add_verb("train-groups", help="train some groups' networks (workflow job)",
                        description="Train the networks of groups GROUP... of a stack (fm2s."
                        "engine.plan_groups) into one model file for the Snakemake workflow.")
     p.add_argument("input", type=Path, help="input stack (any format fm2s denoise reads)")
@@ -543,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(p)
     p.set_defaults(func=cmd_train_groups)
 
-    p = sub.add_parser("denoise-chunk", help="denoise a range of a stack's planes (workflow job)",
+    p = add_verb("denoise-chunk", help="denoise a range of a stack's planes (workflow job)",
                        description="Denoise planes START:STOP, in (t, c, z) order, of a stack into "
                        "one chunk file (.npz) for the Snakemake workflow, with the networks of "
                        "the model files (inference only); as fm2s denoise does.")
@@ -555,6 +653,56 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(p)
     p.set_defaults(func=cmd_denoise_chunk)
     return parser
+
+
+# Verbs that train networks, and so report training progress (fm2s.train.training_progress).
+TRAINING_VERBS = ("denoise", "train", "demo", "eval", "train-groups")
+PROGRESS_LOG_SECONDS = 30.0  # without -v, a log line of training progress at most this often
+
+
+def training_reporter(verbose: bool, terminal: bool | None = None):
+    """A callback for :func:`fm2s.train.training_progress`: steps done, of all, and time left.
+
+    On a terminal (stderr a TTY, or `terminal` true) a tqdm bar per training pass, which tqdm
+    updates at most 10 times a second; elsewhere (a log file, a workflow job) log lines: with
+    `verbose`, at every tenth of the steps (DEBUG), otherwise at most every
+    ``PROGRESS_LOG_SECONDS`` (INFO), so that a long training is never silent.
+    """
+    if terminal is None:
+        terminal = sys.stderr.isatty()
+    state = {}
+
+    def report(done: int, total: int, networks: int) -> None:
+        now = time.perf_counter()
+        what = f"training {networks} network{'s' if networks > 1 else ''}"
+        if done == 0:
+            if state.get("bar") is not None:
+                state["bar"].close()
+            state.update(started=now, logged=now, next=max(1, total // 10), bar=None)
+            if terminal:
+                from tqdm import tqdm
+
+                state["bar"] = tqdm(total=total, desc=what, unit="step", leave=False)
+            log.debug("%s: %d steps", what, total)
+            return
+        if state["bar"] is not None:
+            state["bar"].update(done - state["bar"].n)
+            if done == total:
+                state["bar"].close()
+                state["bar"] = None
+            return
+        elapsed = now - state["started"]
+        due = (done >= state["next"] if verbose
+               else now - state["logged"] >= PROGRESS_LOG_SECONDS) or done == total
+        if not due:
+            return
+        state["logged"] = now
+        state["next"] = done + max(1, total // 10)
+        left = elapsed / done * (total - done)
+        log.log(logging.DEBUG if verbose or done == total else logging.INFO,
+                "%s: step %d of %d, %.1f s, about %.1f s left", what, done, total, elapsed, left)
+
+    return report
 
 
 class Terminated(KeyboardInterrupt):
@@ -574,7 +722,12 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        return args.func(args)
+        if args.quiet or args.command not in TRAINING_VERBS:
+            return args.func(args)
+        from .train import training_progress
+
+        with training_progress(training_reporter(args.verbose)):
+            return args.func(args)
     except (UsageError, FileNotFoundError, ValueError) as error:
         # ValueError: ImageFileError, StackError, OutputError and other input errors
         print(f"fm2s: error: {error}", file=sys.stderr)

@@ -192,7 +192,9 @@ class Settings:
         paper's). Single planes always train their own.
     group_samples : int
         Synthetic samples of a shared network of ``P`` planes: ``P * samples``, at most this
-        (at least ``samples``). Normalised to 0 when ``group_size`` is 1.
+        (at least ``samples``). Normalised to 0 when ``group_size`` is 1. The ``steps``
+        override of :func:`make_settings` sets it to ``samples``: then every network, shared
+        or not, trains ``steps`` steps.
     auto_fields : tuple of str
         Fields still to be chosen from each plane's noise estimate (see :data:`AUTO_FIELDS`);
         non-empty only for unresolved ``preset="auto"`` settings.
@@ -395,7 +397,10 @@ def parse_overrides(items) -> dict[str, Any]:
     return overrides
 
 
-# Friendly override name: ``steps`` means "this many optimiser steps in all".
+# Friendly override name: ``steps`` means "this many optimiser steps for every network", a
+# network of one plane or one shared by a group of planes alike. Without group_samples, a
+# shared network would train `steps` per plane up to the recipe's GROUP_SAMPLES (3,000 for a
+# group of 50+ planes whatever `steps` said), so `steps` sets it too unless it is given.
 def _expand_steps(overrides: dict[str, Any]) -> dict[str, Any]:
     if "steps" in overrides:
         steps = overrides.pop("steps")
@@ -407,6 +412,7 @@ def _expand_steps(overrides: dict[str, Any]) -> dict[str, Any]:
         if overrides["samples"] * overrides["steps_per_sample"] != steps:
             msg = "settings: steps conflicts with samples x steps_per_sample"
             raise ValueError(msg)
+        overrides.setdefault("group_samples", overrides["samples"])
     return overrides
 
 
@@ -424,7 +430,9 @@ def make_settings(preset: str = "auto", recipe: str = "fast", *, _base: Settings
     recipe : str
         One of ``fast`` (default), ``v2``, ``v1``.
     **overrides
-        Any :class:`Settings` field, or ``steps`` (total optimiser steps, one per sample).
+        Any :class:`Settings` field, or ``steps``: the optimiser steps of every network, one
+        per sample, for a network of one plane and a group's shared network alike (it sets
+        ``samples``, ``steps_per_sample=1`` and, unless given, ``group_samples``).
 
     Returns
     -------

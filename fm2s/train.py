@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +26,32 @@ from .noise import synthesize, synthesize_poisson_gaussian
 from .settings import Settings
 
 __all__ = ["TrainingSet", "extract_model", "fit", "learning_rate", "predict", "predict_batch",
-           "uses_bfloat16"]
+           "training_progress", "uses_bfloat16"]
+
+#: ``callback(done, total, networks)``: optimiser steps done of `total`, for a pass that trains
+#: `networks` networks together (see :func:`training_progress`).
+ProgressCallback = Callable[[int, int, int], None]
+
+# The callbacks of the training_progress blocks now open, innermost last. Process-wide rather
+# than a context variable: fit() may run in a worker thread of the caller's.
+_progress_callbacks: list[ProgressCallback] = []
+
+
+@contextmanager
+def training_progress(callback: ProgressCallback) -> Iterator[None]:
+    """Report the progress of every :func:`fit` that runs inside the block to `callback`.
+
+    ``callback(done, total, networks)`` is called with ``done = 0`` when a grouped training
+    pass of `networks` networks starts, then after each of its `total` optimiser steps (warm-up
+    steps included). It only observes: it draws no random numbers and changes no state of the
+    training, so results are bitwise those without it. Blocks nest; the innermost callback is
+    the one called. An exception raised by `callback` stops the training.
+    """
+    _progress_callbacks.append(callback)
+    try:
+        yield
+    finally:
+        _progress_callbacks.remove(callback)
 
 
 @dataclass
@@ -120,6 +146,8 @@ def fit(planes: list[TrainingSet], settings: Settings, device: torch.device) -> 
     -------
     FM2SNet
         ``models == len(planes)``; use :func:`extract_model` to get network ``g``.
+
+    Progress goes to the callback of the innermost enclosing :func:`training_progress` block.
     """
     if device.type == "cpu":
         _keep_freed_buffers()
@@ -142,6 +170,9 @@ def fit(planes: list[TrainingSet], settings: Settings, device: torch.device) -> 
         error.mean(dim=(0, 2, 3, 4)).sum().backward()
         optimizer.step()
 
+    report = _progress_callbacks[-1] if _progress_callbacks else _no_report
+    total = settings.warmup_steps + settings.total_steps
+    report(0, total, count)
     if settings.warmup_steps:
         # v2's stage 1: a few steps from the real noisy plane to its median (a shared network
         # takes its planes in turn).
@@ -151,6 +182,7 @@ def fit(planes: list[TrainingSet], settings: Settings, device: torch.device) -> 
             targets = torch.cat([p.target[index % len(p.target)][None, None]
                                  .expand(-1, n, -1, -1) for p in planes], 1)
             step(inputs, targets, settings.lr)
+            report(index + 1, total, count)
 
     index = 0
     with _training_threads(settings, device) as prefetch:
@@ -158,7 +190,12 @@ def fit(planes: list[TrainingSet], settings: Settings, device: torch.device) -> 
             for _ in range(settings.steps_per_sample):
                 step(inputs, targets, learning_rate(settings, index))
                 index += 1
+                report(settings.warmup_steps + index, total, count)
     return net
+
+
+def _no_report(done: int, total: int, networks: int) -> None:
+    """The progress callback outside any :func:`training_progress` block."""
 
 
 @functools.cache

@@ -74,3 +74,18 @@ def test_parse_overrides_reads_json_and_plain_strings():
     assert overrides == dict(k_g=151, precision="bfloat16", lr_schedule="step",
                              mean_clamp=[0.01, 0.2], turn_average=False)
     assert make_settings(**overrides).mean_clamp == (0.01, 0.2)
+
+
+def test_steps_is_the_step_count_of_every_network_shared_or_not():
+    """--set steps=N trains every network N steps: a group's shared one too, not N per plane
+    up to group_samples (3,000)."""
+    from fm2s.denoise import unit_samples
+
+    settings = make_settings(steps=60)
+    assert settings.group_samples == 60
+    assert [unit_samples(settings, planes) for planes in (1, 4, 64)] == [60, 60, 60]
+    default = make_settings()
+    assert [unit_samples(default, planes) for planes in (1, 2, 64)] == [1500, 3000, 3000]
+    explicit = make_settings(steps=60, group_samples=600)
+    assert [unit_samples(explicit, planes) for planes in (1, 4, 64)] == [60, 240, 600]
+    assert make_settings(recipe="v2", steps=60).group_samples == 0  # a network per plane

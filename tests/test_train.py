@@ -63,3 +63,38 @@ def test_a_shared_network_draws_crops_from_all_its_planes(plane8, tiny_settings)
     bright_mean, dark_mean = float(one.target[0].mean()), float(dark.target[0].mean())
     split = (bright_mean + dark_mean) / 2
     assert (means > split).any() and (means < split).any()  # crops of both planes
+
+
+@pytest.mark.parametrize("recipe", ["fast", "v2"])
+def test_progress_callback_sees_every_step_and_changes_no_weight(plane8, recipe):
+    """training_progress reports 0, then every optimiser step (warm-up included) of each
+    grouped pass, and the trained weights are bitwise those of a run without it."""
+    settings = make_settings("confocal", recipe, samples=3, steps_per_sample=2, crop_size=24,
+                             batch_size=1 if recipe == "v2" else 2)
+    total = settings.warmup_steps + 6
+    device = torch.device("cpu")
+    plain = train.fit([plane_data(plane8, s, settings) for s in (1, 2)], settings, device)
+    calls = []
+    with train.training_progress(lambda *call: calls.append(call)):
+        watched = train.fit([plane_data(plane8, s, settings) for s in (1, 2)], settings, device)
+    assert calls == [(done, total, 2) for done in range(total + 1)]
+    for a, b in zip(plain.parameters(), watched.parameters(), strict=True):
+        assert torch.equal(a, b)
+    train.fit([plane_data(plane8, 1, settings)], settings, device)  # outside: not called
+    assert len(calls) == total + 1
+
+
+def test_progress_blocks_nest_and_an_error_stops_training(plane8, tiny_settings):
+    outer, inner = [], []
+
+    def stop(done, total, networks):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with train.training_progress(lambda *c: outer.append(c)):
+        with train.training_progress(lambda *c: inner.append(c)):
+            train.fit([plane_data(plane8, 1, tiny_settings)], tiny_settings, torch.device("cpu"))
+        with train.training_progress(stop), pytest.raises(KeyboardInterrupt):
+            train.fit([plane_data(plane8, 1, tiny_settings)], tiny_settings, torch.device("cpu"))
+    assert inner and not outer
+    assert not train._progress_callbacks
