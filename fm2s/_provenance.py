@@ -47,6 +47,7 @@ import hashlib
 import json
 import platform
 import socket
+import statistics
 import subprocess
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -270,8 +271,76 @@ def _package_version() -> str:
     return __version__
 
 
+#: Subgroup of a store whose attributes hold the per-plane part of the provenance (seconds,
+#: estimates and network of every plane), so that the root attributes, which every viewer parses
+#: when it opens the store, stay small whatever the number of planes.
+PLANES_GROUP = "fm2s-planes"
+
+
+def split_provenance(record: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(root, planes)``: a provenance record cut into its bounded and its per-plane parts.
+
+    ``root`` keeps everything but ``plane_seconds`` (summarised in ``plane_seconds_summary``),
+    ``estimate.planes`` and each network's ``planes`` (summarised as ``plane_count``, ``first``
+    and ``last``), and names the subgroup that holds them (``per_plane``).
+    :func:`join_provenance` puts the two back together.
+    """
+    root, planes = dict(record), {}
+    if "plane_seconds" in root:
+        seconds = root.pop("plane_seconds")
+        planes["plane_seconds"] = seconds
+        values = [float(v) for v in seconds.values() if v is not None]
+        root["plane_seconds_summary"] = {
+            "planes": len(seconds), "total": round(sum(values), 3),
+            "median": round(statistics.median(values), 4) if values else None,
+            "max": round(max(values), 4) if values else None}
+    if isinstance(root.get("estimate"), Mapping) and "planes" in root["estimate"]:
+        estimate = dict(root["estimate"])
+        planes["estimate_planes"] = estimate.pop("planes")
+        root["estimate"] = estimate
+    if isinstance(root.get("networks"), Mapping):
+        planes["network_planes"] = {}
+        networks = {}
+        for name, entry in root["networks"].items():
+            labels = list(entry.get("planes") or [])
+            planes["network_planes"][name] = labels
+            networks[name] = {**{k: v for k, v in entry.items() if k != "planes"},
+                              "plane_count": len(labels),
+                              "first": labels[0] if labels else None,
+                              "last": labels[-1] if labels else None}
+        root["networks"] = networks
+    root["per_plane"] = PLANES_GROUP
+    return root, planes
+
+
+def join_provenance(root: Mapping[str, Any], planes: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole record from the two parts of :func:`split_provenance`."""
+    record = {k: v for k, v in root.items() if k not in ("per_plane", "plane_seconds_summary")}
+    if "plane_seconds" in planes:
+        record["plane_seconds"] = planes["plane_seconds"]
+    if "estimate_planes" in planes:
+        record["estimate"] = {**record.get("estimate", {}), "planes": planes["estimate_planes"]}
+    if "network_planes" in planes:
+        record["networks"] = {
+            name: {**{k: v for k, v in entry.items()
+                      if k not in ("plane_count", "first", "last")},
+                   "planes": planes["network_planes"].get(name, [])}
+            for name, entry in record.get("networks", {}).items()}
+    return record
+
+
+def write_provenance(group, record: Mapping[str, Any]) -> None:
+    """Write a record into an open (writable) Zarr group: the root part in its attributes,
+    the per-plane part in those of its subgroup :data:`PLANES_GROUP`."""
+    json.dumps(record, allow_nan=False)  # fail here, not in a reader
+    root, planes = split_provenance(record)
+    group.attrs[PROVENANCE_KEY] = root
+    group.create_group(PLANES_GROUP, overwrite=True).attrs[PROVENANCE_KEY] = planes
+
+
 def provenance(path: str | Path) -> dict[str, Any]:
-    """Read the fm2s provenance of an OME-Zarr store written by fm2s.
+    """Read the fm2s provenance of an OME-Zarr store written by fm2s (the whole record: the
+    root attributes joined with the per-plane part in the :data:`PLANES_GROUP` subgroup).
 
     Raises
     ------
@@ -294,7 +363,16 @@ def provenance(path: str | Path) -> dict[str, Any]:
     if PROVENANCE_KEY not in attrs:
         msg = f"{path}: no fm2s provenance (no {PROVENANCE_KEY!r} key in the group attributes)"
         raise StackError(msg)
-    return attrs[PROVENANCE_KEY]
+    record = attrs[PROVENANCE_KEY]
+    if "per_plane" not in record:  # written whole (fm2s 0.8 and earlier)
+        return record
+    try:
+        planes = zarr.open_group(str(path / record["per_plane"]), mode="r").attrs.asdict()
+    except Exception as exc:
+        msg = (f"{path}: the per-plane provenance ({record['per_plane']}) is unreadable "
+               f"({type(exc).__name__}: {exc})")
+        raise StackError(msg) from exc
+    return join_provenance(record, planes.get(PROVENANCE_KEY, {}))
 
 
 def read_variance_note(estimate: dict[str, Any]) -> str | None:

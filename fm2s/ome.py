@@ -19,7 +19,6 @@ is removed by the next writer of the same store.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import shutil
 import time
@@ -35,6 +34,7 @@ from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.writer import add_metadata, write_multiscales_metadata
 
 from fm2s._ngff import PROVENANCE_KEY, open_ngff_group
+from fm2s._provenance import write_provenance
 from fm2s._readers import normalize_unit
 from fm2s.outputs import (
     OutputExistsError,
@@ -339,8 +339,7 @@ class OmeZarrWriter:
         fmt = FormatV04() if self.ngff_version == "0.4" else FormatV05()
         add_metadata(self._group, {"omero": self._omero()}, fmt=fmt)
         if provenance is not None:
-            json.dumps(provenance, allow_nan=False)  # fail here, not in a reader
-            self._group.attrs[PROVENANCE_KEY] = dict(provenance)
+            write_provenance(self._group, provenance)
         publish(self.tmp_path, self.path, overwrite=self.overwrite)
         self._committed = True
         logger.info("wrote %s (NGFF %s, %d levels)", self.path, self.ngff_version, self.levels)

@@ -131,3 +131,32 @@ def test_git_commit_only_from_a_checkout_tracking_the_package(tmp_path):
 def test_small_helpers():
     assert utc_now().endswith("Z") and "T" in utc_now()
     assert library_versions(("surely-not-installed-pkg",)) == {"surely-not-installed-pkg": None}
+
+
+def _record_of(planes: int) -> dict:
+    """A provenance record shaped like an ``auto`` run's of `planes` planes (groups of 64)."""
+    labels = [f"{t},0,0" for t in range(planes)]
+    plane = {"source": "stack", "segment": 0, "plane_std_dn": 11.52, "blend": 0.83,
+             "blend_nlm": 0.1, "blend_guided_nlm": 0.05, "sure_tile": 32, "wiener": True,
+             "median_size": 7, "gain": 0.00431, "read_var": 0.00109, "noise_corr": 0.65,
+             "noise_line_corr": 0.0}
+    return {"fm2s_version": "0.9.0", "settings": {"preset": "auto"}, "seed": 0,
+            "plane_seconds": {label: 0.4123 for label in labels},
+            "networks": {f"group-{g}": {"digest": "ab" * 32, "planes": labels[g * 64:(g + 1) * 64]}
+                         for g in range(-(-planes // 64))},
+            "estimate": {"method": "pooled", "channels": {"0": {"segments": []}},
+                         "planes": {label: dict(plane) for label in labels}}}
+
+
+@pytest.mark.parametrize("planes", [30, 1000, 10000])
+def test_root_attributes_stay_small_and_the_record_comes_back_whole(planes):
+    from fm2s._provenance import join_provenance, split_provenance
+
+    record = _record_of(planes)
+    root, per_plane = split_provenance(record)
+    assert join_provenance(root, per_plane) == record
+    size = len(json.dumps(root))
+    # the networks' summaries grow with planes / 64; everything per plane is in the subgroup
+    assert size < 2_000 + 200 * len(record["networks"])
+    assert len(json.dumps(record)) > 3 * size or planes < 100
+    assert root["plane_seconds_summary"]["planes"] == planes
