@@ -55,21 +55,57 @@ def temporary_path(path: str | os.PathLike) -> Path:
     return path.parent / f".{path.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+# Digits of the largest process id Linux can give (pid_max is at most 2**22): a temporary's
+# name is checked for the longest pid, since the process that writes it may be another one.
+_PID_DIGITS = 7
+
+
+def _temporary_name_bytes(name: str) -> int:
+    """Length in bytes of the longest temporary name :func:`temporary_path` gives `name`."""
+    extra = f"..tmp-{_HOST}-{'9' * _PID_DIGITS}-{'f' * 8}"
+    return len(os.fsencode(name)) + len(extra)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
 def check_writable(path: str | os.PathLike, *, what: str = "output") -> Path:
     """Refuse a `path` that cannot be created: its nearest existing parent must be a
-    writable folder (missing folders below it are created at write time).
+    writable folder (missing folders below it are created at write time), and its name and
+    those of the missing folders must fit the file system's limit, the name of the temporary
+    it is written under included (:func:`temporary_path`: 23 bytes and the host name longer).
 
     Raises
     ------
     OutputError
-        A parent is a file, or the folder is not writable; the message names the path.
+        A parent is a file, the folder is not writable, or a name is too long; the message
+        names the path.
     """
     path = Path(path)
     parent = path.absolute().parent
+    missing = []
     while not parent.exists():
         if parent.is_symlink():  # a dangling link
             raise OutputError(f"{path}: cannot write the {what}: {parent} is a broken link")
+        missing.append(parent.name)
         parent = parent.parent
+    limit = _name_max(parent) if parent.is_dir() else 255
+    for name in missing:
+        if len(os.fsencode(name)) > limit:
+            raise OutputError(f"{path}: cannot write the {what}: folder name {name!r} is "
+                              f"{len(os.fsencode(name))} bytes, longer than the file system's "
+                              f"limit of {limit}")
+    needed = _temporary_name_bytes(path.name)
+    if needed > limit:
+        most = limit - (needed - len(os.fsencode(path.name)))
+        raise OutputError(f"{path}: cannot write the {what}: its name is "
+                          f"{len(os.fsencode(path.name))} bytes; at most {most} fit, since it is "
+                          f"written under a temporary name {needed - len(os.fsencode(path.name))} "
+                          f"bytes longer and the file system allows {limit}")
     if not parent.is_dir():
         raise OutputError(f"{path}: cannot write the {what}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
