@@ -5,6 +5,8 @@ but the clean 'exists' error, and a full disk in a workflow job is one line in i
 import errno
 import os
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +79,102 @@ def test_errno_of_too_long_a_name_is_what_the_check_prevents(tmp_path):
     with pytest.raises(OSError) as info:
         (tmp_path / ("z" * (name_max(tmp_path) + 1))).write_text("")
     assert info.value.errno == errno.ENAMETOOLONG
+
+
+# -- 5: concurrent writers of one store -----------------------------------------------------------
+
+
+def another_writer_publishes_first(monkeypatch, path, *, swap: bool = True):
+    """Make another writer publish a whole store at `path` just before this process's first
+    rename onto `path` (by renameat2 or rename; `swap=False`: as on a file system without
+    renameat2's flags)."""
+    done = []
+
+    def publish_other():
+        if not done:
+            done.append(True)
+            other = path.parent / "other-writer"
+            other.mkdir()
+            (other / "0").write_text("other")
+            if path.exists():  # the other writer replaces the old store as well
+                shutil.rmtree(path)
+            os.rename(other, path)  # the real rename: patched below only for `outputs`
+
+    real_rename, real_renameat2 = os.rename, getattr(outputs, "_renameat2", None)
+
+    def rename(src, dst, *args, **kwargs):
+        if os.fspath(dst) == os.fspath(path):
+            publish_other()
+        return real_rename(src, dst, *args, **kwargs)
+
+    def renameat2(src, dst, flags):
+        if not swap:
+            return False
+        if os.fspath(dst) == os.fspath(path):
+            publish_other()
+        return real_renameat2(src, dst, flags)
+
+    monkeypatch.setattr(outputs, "os", type("os", (), {**vars(os), "rename": rename}))
+    monkeypatch.setattr(outputs, "_renameat2", renameat2, raising=False)
+    return done
+
+
+def write_store(path, text, *, overwrite):
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.mkdir()
+        (tmp / "0").write_text(text)
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["renameat2", "rename"])
+def test_overwrite_while_another_writer_publishes_leaves_one_whole_store(
+    tmp_path, monkeypatch, swap
+):
+    path = tmp_path / "x.ome.zarr"
+    write_store(path, "old", overwrite=False)
+    done = another_writer_publishes_first(monkeypatch, path, swap=swap)
+    write_store(path, "mine", overwrite=True)
+    assert done and (path / "0").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]  # nothing aside
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["renameat2", "rename"])
+def test_a_store_that_appears_while_writing_is_the_clean_exists_error(
+    tmp_path, monkeypatch, swap
+):
+    path = tmp_path / "x.ome.zarr"
+    done = another_writer_publishes_first(monkeypatch, path, swap=swap)
+    with pytest.raises(outputs.OutputExistsError, match="output appeared while writing"):
+        write_store(path, "mine", overwrite=False)
+    assert done and (path / "0").read_text() == "other"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]
+
+
+def _write_many(args):
+    folder, overwrite, writes = args
+    path = os.path.join(folder, "x.ome.zarr")
+    outcomes = []
+    for i in range(writes):
+        try:
+            write_store(Path(path), str(i), overwrite=overwrite)
+            outcomes.append("ok")
+        except outputs.OutputExistsError:
+            outcomes.append("exists")
+        except OSError as error:
+            outcomes.append(f"{type(error).__name__}: {error}")
+    return outcomes
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_concurrent_writers_of_one_store(tmp_path, overwrite):
+    """4 processes x 40 writes: each write publishes whole or, without overwrite, gets the
+    clean 'exists' error; no old store is left aside. (The outcome is checked, not timing.)"""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        runs = pool.map(_write_many, [(str(tmp_path), overwrite, 40)] * 4)
+    outcomes = [o for run in runs for o in run]
+    allowed = {"ok"} if overwrite else {"ok", "exists"}
+    assert set(outcomes) <= allowed, sorted(set(outcomes) - allowed)[:3]
+    assert overwrite or outcomes.count("ok") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]
+    assert int((tmp_path / "x.ome.zarr" / "0").read_text()) in range(40)
