@@ -84,7 +84,7 @@ def test_inputs_that_vanish_during_a_run_fail_their_own_jobs_only(tmp_path):
     tifffile.imwrite(folder / "vanish.tif", PLANES, imagej=True, metadata={"axes": "ZYX"})
     code, output = snakemake(tmp_path, "-n")
     assert code == 0 and "IncompleteFilesException" not in output, output[-4000:]
-    planned = re.findall(r"rule \w+:\n.*\n +output: results/([\w./-]+)", output)
+    planned = re.findall(r"rule \w+:\n(?: +input: .*\n)? +output: results/([\w./-]+)", output)
     assert planned and not [p for p in planned if re.search(r"\b[ab]\b", p)], planned
     code, output = snakemake(tmp_path)
     assert code == 0, output[-4000:]
