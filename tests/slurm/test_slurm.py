@@ -345,8 +345,11 @@ def test_a_node_failure_is_not_requeued_and_a_rerun_completes(cluster, inputs, l
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], env=cluster,
                        check=False)
     assert run.returncode != 0, output[-4000:]
-    assert "NODE_FAIL" in output, output[-4000:]
+    assert "DUE TO NODE FAILURE" in output, output[-4000:]
+    assert "nodes failed during job execution and were excluded" in output, output[-4000:]
     record = scontrol_job(cluster, job)
+    print(f"node failure: job {job}: " + " ".join(
+        f"{k}={record.get(k)}" for k in ("JobState", "Requeue", "Restarts")))
     assert record["JobState"] == "NODE_FAIL" and record["Restarts"] == "0", record
     # With the node back, nothing of the failed run comes back to life beside the rerun's jobs.
     queued = subprocess.run(["squeue", "-h", "-o", "%i"], env=cluster, capture_output=True,
