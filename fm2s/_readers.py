@@ -99,11 +99,7 @@ class TiffSource:
         tifffile_logger.setLevel(logging.WARNING)
         tifffile_logger.propagate = False
         try:
-            try:
-                self._tif = tifffile.TiffFile(path)  # opened read-only ("rb")
-            except Exception as exc:
-                msg = f"{path}: not a readable TIFF file ({type(exc).__name__}: {exc})"
-                raise StackError(msg) from exc
+            self._tif, self._appended = _tiff_file(path)
             try:
                 self._open(path, series, pages_as)
                 handler.check(path)
@@ -125,10 +121,25 @@ class TiffSource:
         if n_series == 0:
             msg = f"{path}: TIFF file holds no image series"
             raise StackError(msg)
+        if series >= n_series and self._appended:
+            msg = (
+                f"{path}: series {series} out of range; the file's {self._appended} series "
+                "(appended one at a time, each of the same shape and dtype) are read as one "
+                "stack, series 0"
+            )
+            raise StackError(msg)
         if series >= n_series:
             msg = f"{path}: series {series} out of range; the file has {n_series} series"
             raise StackError(msg)
         s = tif.series[series]
+        if tif.is_ome:
+            _check_ome_pages(path, tif, s, series)
+        elif n_series > 1:
+            logger.warning(
+                "%s: the file holds %d series of different shapes; reading series %d only "
+                "(--series or the workflow's reading.series selects another)",
+                path, n_series, series,
+            )  # fmt: skip
         self.axes = AxisMap(s.axes, s.shape, pages_as=pages_as, path=str(path))
         images = (tif.imagej_metadata or {}).get("images") if tif.is_imagej else None
         planes = int(np.prod([n for a, n in zip(s.axes, s.shape, strict=True) if a not in "YXS"]))
@@ -284,6 +295,59 @@ class FolderSource:
         pass
 
 
+def _tiff_file(path: Path) -> tuple[tifffile.TiffFile, int]:
+    """Open a TIFF file read-only; series appended one at a time are one series.
+
+    Returns the file and the number of appended series it joined (0: none).
+
+    ``tifffile.imwrite(..., append=True)``, as acquisition software uses it to add frames,
+    writes a "shaped" series per call: read as such, series 0 would be one frame of the
+    stack. When every series has the same shape and dtype, the file is reopened as a
+    generic page stack (axes ``I...``, which become ``pages_as``), the stack it is.
+    """
+    try:
+        tif = tifffile.TiffFile(path)  # opened read-only ("rb")
+        n_series = len(tif.series) if tif.is_shaped else 0
+        if n_series < 2 or tif.is_ome or tif.is_imagej:
+            return tif, 0
+        if len({(tuple(s.shape), str(s.dtype)) for s in tif.series}) > 1:
+            return tif, 0
+        tif.close()
+        return tifffile.TiffFile(path, is_shaped=False), n_series
+    except Exception as exc:
+        msg = f"{path}: not a readable TIFF file ({type(exc).__name__}: {exc})"
+        raise StackError(msg) from exc
+
+
+def _check_ome_pages(path: Path, tif, s, series: int) -> None:
+    """Refuse an OME-TIFF whose OME-XML disagrees with its pages.
+
+    tifffile fills planes the XML lists but the file lacks with zeros (a truncated
+    acquisition), and leaves out pages the XML does not list: either way planes would be
+    denoised that are not in the file, or planes of the file would not be.
+    """
+    missing = sum(1 for page in s.pages if page is None)
+    if missing:
+        msg = (
+            f"{path}: corrupt or truncated OME-TIFF: its OME-XML lists {len(s.pages)} planes "
+            f"for series {series}, {missing} of them are missing from the file(s)"
+        )
+        raise StackError(msg)
+    listed = {
+        page.index
+        for other in tif.series
+        for page in other.pages
+        if page is not None and page.parent is tif
+    }
+    unlisted = len(tif.pages) - len(listed)
+    if unlisted > 0:
+        msg = (
+            f"{path}: corrupt OME-TIFF: the file has {len(tif.pages)} pages, its OME-XML "
+            f"lists {len(listed)} of them; {unlisted} would not be denoised"
+        )
+        raise StackError(msg)
+
+
 def _open_file(path: Path, *, series: int, pages_as: str):
     cls = PngSource if path.name.lower().endswith(PNG_SUFFIXES) else TiffSource
     source = cls(path, series=series, pages_as=pages_as)
@@ -299,13 +363,14 @@ def _header(path: Path, series: int, source=None) -> tuple[tuple[int, ...], str]
     if source is not None:
         s = source._tif.series[series]
         return tuple(s.shape), str(s.dtype)
-    try:
-        with tifffile.TiffFile(path) as tif:
+    tif, _ = _tiff_file(path)
+    with tif:
+        try:
             s = tif.series[series]
             return tuple(s.shape), str(s.dtype)
-    except Exception as exc:
-        msg = f"{path}: not a readable TIFF file ({type(exc).__name__}: {exc})"
-        raise StackError(msg) from exc
+        except Exception as exc:
+            msg = f"{path}: not a readable TIFF file ({type(exc).__name__}: {exc})"
+            raise StackError(msg) from exc
 
 
 def _metadata(path, fmt, axes_found, shape_found, axes: AxisMap, dtype, series, n_series, extra):

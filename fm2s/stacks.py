@@ -19,6 +19,10 @@ folder of TIFF/PNG files  one time point per file          ``"tiff-series"``
 
 The vendor formats need the ``vendor`` extra (:mod:`fm2s._vendor`).
 
+A TIFF written page by page (one series per ``tifffile.imwrite(..., append=True)``) whose
+series all have the same shape and dtype is read as one stack of its pages; an OME-TIFF whose
+OME-XML lists planes the file lacks, or leaves pages of the file out, is refused.
+
 Samples (``S``, e.g. RGB) become channels; generic page axes (``I``, ``Q``) become
 ``pages_as`` (``"z"`` by default); other axes of size 1 are dropped and any other
 axis of size > 1 is an error. Each plane is one dask chunk and reading it touches

@@ -311,3 +311,53 @@ def test_scancel_fails_visibly_and_a_rerun_completes(cluster, inputs, local_arra
     assert leftovers(workdir / "results") == []
     code, dry = snakemake(workdir, inputs, "-n", *PROFILE, env=cluster)
     assert code == 0 and "Nothing to be done" in dry, dry[-3000:]
+
+
+def scontrol_job(env, job: str) -> dict[str, str]:
+    """``scontrol show job`` as a dict (fields such as JobState, Restarts, Requeue)."""
+    text = subprocess.run(["scontrol", "-o", "show", "job", job], env=env, capture_output=True,
+                          text=True, check=True).stdout
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
+def test_a_node_failure_is_not_requeued_and_a_rerun_completes(cluster, inputs, local_arrays,
+                                                              tmp_path_factory):
+    """The node goes down under a denoise job (issue 40): SLURM must not requeue the job by
+    itself (the cluster has SLURM's default JobRequeue=1) while the rerun submits it again."""
+    config = yaml.safe_load(inputs.read_text())
+    config["inputs"] = config["inputs"][:1]  # cells: 6 chunks, one group submission, so that
+    one = tmp_path_factory.mktemp("node-failure-config") / "test-config.yaml"  # the run ends
+    one.write_text(yaml.safe_dump(config))  # after it: the plugin excludes the failed node
+    workdir = tmp_path_factory.mktemp("node-failure")
+    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    run = snakemake(workdir, one, *PROFILE, env=cluster, background=True)
+    try:
+        job = running_denoise_job(cluster)
+        assert scontrol_job(cluster, job)["Requeue"] == "0"  # sbatch --no-requeue
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=down",
+                        "reason=fm2s-test-node-failure"], env=cluster, check=True)
+        output, _ = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.send_signal(signal.SIGINT)
+            run.wait(60)
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], env=cluster,
+                       check=False)
+    assert run.returncode != 0, output[-4000:]
+    assert "DUE TO NODE FAILURE" in output, output[-4000:]
+    assert "nodes failed during job execution and were excluded" in output, output[-4000:]
+    record = scontrol_job(cluster, job)
+    print(f"node failure: job {job}: " + " ".join(
+        f"{k}={record.get(k)}" for k in ("JobState", "Requeue", "Restarts")))
+    assert record["JobState"] == "NODE_FAIL" and record["Restarts"] == "0", record
+    # With the node back, nothing of the failed run comes back to life beside the rerun's jobs.
+    queued = subprocess.run(["squeue", "-h", "-o", "%i"], env=cluster, capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert queued == [], queued
+    code, rerun = snakemake(workdir, one, *PROFILE, env=cluster)
+    assert code == 0, rerun[-6000:]
+    found = store_arrays(workdir / "results" / "cells.denoised.ome.zarr")
+    assert {p: a.tobytes() for p, a in found.items()} == \
+        {p: a.tobytes() for p, a in local_arrays["cells"].items()}
+    assert leftovers(workdir / "results") == []

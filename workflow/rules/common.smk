@@ -99,10 +99,16 @@ def source_path(wildcards):
 
 
 def source_input(wildcards):
-    """The input as a job input, or nothing when it does not exist: its denoise job then fails
-    with the reader's error, instead of the whole workflow failing to start."""
-    path = INPUTS[wildcards.name]
-    return [str(path)] if wildcards.name == DEMO_NAME or path.exists() else []
+    """The demo's input as a job input (synth_demo makes it); nothing for any other input.
+
+    An input stack is read by its jobs from params.source and watched through
+    params.input_stamp (its content changed: its jobs rerun), never declared as a job input:
+    Snakemake waits for a job's input files before starting it and, when one is still missing
+    after --latency-wait, ends the whole run, leaving the running jobs of every other input
+    marked incomplete. An input deleted or renamed during a run (an acquisition folder being
+    tidied) then fails its own jobs only, with the reader's one-line error, and the other
+    inputs finish."""
+    return [str(INPUTS[wildcards.name])] if wildcards.name == DEMO_NAME else []
 
 
 @functools.cache

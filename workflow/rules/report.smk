@@ -8,7 +8,8 @@ rule qc_report:
         stores=[STORE.format(name=name) for name in INPUTS],
         # reformat_ome_zarr rewrites stores in place: wait for it, and rerun after it.
         formats=[FORMAT.format(name=name) for name in INPUTS],
-        sources=[str(p) for n, p in INPUTS.items() if n == DEMO_NAME or p.exists()],
+        # The demo's input only (see source_input): the page reads the others from params.
+        sources=[str(p) for n, p in INPUTS.items() if n == DEMO_NAME],
     output:
         report(
             REPORT,
