@@ -231,6 +231,7 @@ def test_auto_trains_the_same_network_wherever_the_data_sit_in_the_dtype(plane8)
     assert np.abs(out_large.astype(np.int64) - full).mean() > 100  # it did denoise
 
 
+@pytest.mark.slow  # 42 s on 2 shared CPU cores; 211 s in the run of issue 39
 def test_a_large_plane_is_applied_in_regions_without_seams(monkeypatch, caplog):
     """Above REGION_PIXELS the blend runs region by region (bounded memory): the plane gets
     about the pixels of the whole-plane blend, no worse along the regions' borders."""

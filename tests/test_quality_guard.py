@@ -59,7 +59,7 @@ def assert_beats_classical(noisy: np.ndarray, truth: np.ndarray, top: float,
     blurred = {s: psnr(truth, ndimage.gaussian_filter(noisy.astype(np.float64), s), top)
                for s in SIGMAS}
     sigma = max(blurred, key=blurred.get)
-    report = (f"fm2s {ours:.2f} dB, 3x3 median {median:.2f}, Gaussian sigma {sigma} "
+    report = (f"denoised {ours:.2f} dB, 3x3 median {median:.2f}, Gaussian sigma {sigma} "
               f"{blurred[sigma]:.2f}, noisy {psnr(truth, noisy, top):.2f}")
     assert ours - median > margin_median, f"not {margin_median} dB above the median: {report}"
     assert ours - blurred[sigma] > margin_gaussian, (
