@@ -35,7 +35,11 @@ def test_denoising_reduces_error_on_synthetic_plane():
     noisy = noisy_plane(clean, photons=20, seed=2)
     out = fm2s.denoise(noisy, steps=60, crop_size=48, device="cpu")
     truth = clean * 255
-    assert np.abs(out - truth).mean() < 0.7 * np.abs(noisy - truth).mean()
+    # Mean absolute error over the noisy input's: fm2s 0.251 to 0.260 (seeds 0-5, 1 or 2
+    # threads), a 3x3 median 0.444, a Gaussian of sigma 1 0.298 (issue 39). The bound sits
+    # about halfway between fm2s's worst and that Gaussian. (The best Gaussian, sigma 1.8,
+    # scores 0.214 against this short schedule: tests/test_quality_guard.py guards that.)
+    assert np.abs(out - truth).mean() < 0.28 * np.abs(noisy - truth).mean()
 
 
 def test_same_seed_same_output_and_seed_matters(plane8, tiny_settings):
@@ -227,6 +231,7 @@ def test_auto_trains_the_same_network_wherever_the_data_sit_in_the_dtype(plane8)
     assert np.abs(out_large.astype(np.int64) - full).mean() > 100  # it did denoise
 
 
+@pytest.mark.slow  # 42 s on 2 shared CPU cores; 211 s in the run of issue 39
 def test_a_large_plane_is_applied_in_regions_without_seams(monkeypatch, caplog):
     """Above REGION_PIXELS the blend runs region by region (bounded memory): the plane gets
     about the pixels of the whole-plane blend, no worse along the regions' borders."""
