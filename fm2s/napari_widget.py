@@ -143,8 +143,9 @@ class DenoiseWidget(Container):
             "noise model: auto estimates it from each plane; the others are the reference "
             "code's presets per microscope"))
         self._recipe = ComboBox(label="recipe", choices=_RECIPE_CHOICES, value="fast", tooltip=(
-            "speed against quality: the network and training schedule. fast (ours): minutes "
-            "on a CPU for a stack; v2 / v1 as published: whole planes, many times slower"))
+            "speed against quality: the network and training schedule. fast (ours, the "
+            "quickest): small crops, shared networks; v2 / v1 as published: whole planes, a "
+            "network per plane, many times slower"))
         self._seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1, tooltip=(
             "same pixels, settings and seed give the same result"))
         self._training = RadioButtons(label="training", choices=["shared", "per-plane"],
