@@ -53,6 +53,16 @@ def open_ngff_group(path: Path, series: int):
     return group, ms[series], version, attrs, len(ms)
 
 
+def _window(channel: dict) -> list[float] | None:
+    """``[start, end]`` of an omero channel's display window, or None."""
+    window = channel.get("window") if isinstance(channel, dict) else None
+    try:
+        start, end = float(window["start"]), float(window["end"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return [start, end] if np.isfinite(start) and np.isfinite(end) and start < end else None
+
+
 class NgffSource:
     """Full-resolution level of one OME-Zarr image (NGFF 0.4 or 0.5)."""
 
@@ -107,11 +117,13 @@ class NgffSource:
             time_unit=units.get(names[where["t"]]) if "t" in where else None,
             channel_names=[str(c.get("label", "")) for c in channels] or None,
             channel_colors=[c.get("color") for c in channels] or None,
+            channel_windows=[_window(c) for c in channels] or None,
             series=series,
             n_series=n_series,
         )
         if len(channels) != self.axes.shape5[1]:
-            self.metadata = replace(self.metadata, channel_names=None, channel_colors=None)
+            self.metadata = replace(self.metadata, channel_names=None, channel_colors=None,
+                                    channel_windows=None)
 
     def read(self, t: int, c: int, z: int) -> np.ndarray:
         return self.axes.to_yx(np.asarray(self._array[self.axes.select(t, c, z)]))

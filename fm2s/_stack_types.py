@@ -60,7 +60,10 @@ class StackMetadata:
     names) and ``shape_found`` the matching shape. Pixel sizes and units are
     keyed ``"z"``, ``"y"``, ``"x"`` (``None`` when unknown); units use NGFF names
     (``"micrometer"``) when recognised.
-    Channel colours are ``"RRGGBB"`` hex strings.
+    Channel colours are ``"RRGGBB"`` hex strings and channel windows ``[start, end]``
+    display ranges in pixel values, as the microscope's software showed them; either list
+    holds ``None`` for a channel the file says nothing about, and is ``None`` as a whole
+    when it says nothing about any.
     """
 
     path: str
@@ -75,6 +78,7 @@ class StackMetadata:
     time_unit: str | None = None
     channel_names: list[str] | None = None
     channel_colors: list[str | None] | None = None
+    channel_windows: list[list[float] | None] | None = None
     series: int = 0
     n_series: int = 1
 

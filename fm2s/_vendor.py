@@ -19,7 +19,14 @@ frame is read per plane there).
 CZI pixels come from ``pylibCZIrw`` because ``bioio-czi`` 3.0.1 refuses, before reading a
 pixel, files whose scaling it cannot parse (``DAPI_GFP.czi`` of the czitools samples: "Expected
 1 distance scale for dimension 'Y'"); its metadata parsers are still used, field by field,
-so that a field it cannot parse is only missing. These libraries come with fm2s's ``vendor``
+so that a field it cannot parse is only missing.
+
+Channel colours (``"RRGGBB"``) come from each format's own display settings: the CZI's
+``DisplaySetting`` (with its black and white points as the display window), the ND2's channel
+colours, the LIF's lookup-table names and the Olympus lookup tables (their brightest entry).
+A colour or window the file does not hold is ``None``; the writer then uses its defaults.
+
+These libraries come with fm2s's ``vendor``
 extra (``pip install 'fm2s[vendor]'``); without them these formats give a
 :class:`StackError` that says so.
 """
@@ -29,6 +36,8 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +149,8 @@ class BioioSource:
                 extra.update(_lif_time_step(path, scenes[series]))
             self.metadata = _metadata(path, fmt, order, self._data.shape, self.axes,
                                       self._data.dtype, series, len(scenes), extra)
+            colours = (_nd2_colours if fmt == "nd2" else _lif_colours)(path, scenes[series])
+            self.metadata = _with_display(path, self.metadata, colours)
         except BaseException:
             self.close()
             raise
@@ -235,6 +246,10 @@ class CziSource:
         extra = self._metadata_fields(path, series, bioio_czi)
         self.metadata = _metadata(path, "czi", "TCZYX", shape_found, self.axes, dtype,
                                   series, len(names), extra)
+        display = _guarded(path, "channel colours",
+                           lambda: _czi_display(doc.raw_metadata, self._starts["C"],
+                                                shape_found[1], dtype))  # fmt: skip
+        self.metadata = _with_display(path, self.metadata, display)
 
     def _metadata_fields(self, path: Path, series: int, bioio_czi) -> dict:
         try:
@@ -299,6 +314,9 @@ class OlympusSource:
             self.metadata = _metadata(path, fmt, axes, seq_shape + first.shape, self.axes,
                                       first.dtype, series, len(sequences),
                                       _olympus_extra(main, self.axes.shape5[1]))
+            colours = _guarded(path, "channel colours",
+                               lambda: _olympus_colours(self._oif, self.axes.shape5[1]))
+            self.metadata = _with_display(path, self.metadata, colours)
         except BaseException:
             self.close()
             raise
@@ -339,3 +357,147 @@ def _olympus_extra(main: dict, n_channels: int) -> dict:
     if all(names):
         extra["channel_names"] = [str(n) for n in names]
     return extra
+
+
+# -- channel colours and display windows -----------------------------------------------------
+
+#: Colours of the lookup tables LAS X names (``LUTName``); another name leaves the colour unknown.
+_LUT_NAMES = {"red": "FF0000", "green": "00FF00", "blue": "0000FF", "cyan": "00FFFF",
+              "magenta": "FF00FF", "yellow": "FFFF00", "gray": "FFFFFF", "grey": "FFFFFF",
+              "white": "FFFFFF"}  # fmt: skip
+
+
+def _with_display(path: Path, meta, display):
+    """`meta` with the channel colours and windows of `display`, ``(colours, windows)``.
+
+    A list whose length is not the number of channels, or that holds nothing, is dropped (the
+    file's display settings then describe other channels than the ones read).
+    """
+    if not display:
+        return meta
+    n = meta.shape[1]
+    fields = {}
+    for key, values in zip(("channel_colors", "channel_windows"), display, strict=True):
+        if values is None or not any(v is not None for v in values):
+            continue
+        if len(values) != n:
+            logger.debug("%s: ignoring %d %s for %d channels", path, len(values), key, n)
+            continue
+        fields[key] = list(values)
+    return replace(meta, **fields) if fields else meta
+
+
+def _hex(text: str | None) -> str | None:
+    """``"RRGGBB"`` from a ``#AARRGGBB`` or ``#RRGGBB`` colour, or None."""
+    digits = (text or "").strip().lstrip("#")
+    if len(digits) not in (6, 8):
+        return None
+    try:
+        int(digits, 16)
+    except ValueError:
+        return None
+    return digits[-6:].upper()
+
+
+def _czi_display(xml: str, first_channel: int, n_channels: int, dtype) -> tuple:
+    """``(colours, windows)`` of a CZI's channels from its metadata XML.
+
+    Colours and black/white points come from ``DisplaySetting`` (what ZEN shows), matched to
+    the image's channels by id or else by position, the colour
+    from the acquisition channel where the display setting has none. ZEN's ``Low`` and ``High``
+    are fractions of the pixel type's range (0-65535 for Gray16); float images get no window.
+    """
+    root = ET.fromstring(xml)
+    ordered = root.findall("./Metadata/DisplaySetting/Channels/Channel")
+    shown = {ch.get("Id"): ch for ch in ordered}
+    channels = root.findall("./Metadata/Information/Image/Dimensions/Channels/Channel")
+    acquired = {ch.get("Id"): ch for ch in channels}
+    # ZEN names display channels "Channel:N" as the image's channels, or by a GUID (the
+    # DAPI_GFP.czi sample); then they are in the image's order when there are as many
+    by_position = len(ordered) == len(channels)
+    top = float(np.iinfo(dtype).max) if np.dtype(dtype).kind in "ui" else None
+    colours, windows = [], []
+    for c in range(first_channel, first_channel + n_channels):
+        ident = f"Channel:{c}"
+        display, channel = shown.get(ident), acquired.get(ident)
+        if display is None and by_position and c < len(ordered):
+            display = ordered[c]
+        colour = _hex(display.findtext("Color")) if display is not None else None
+        if colour is None and channel is not None:
+            colour = _hex(channel.findtext("Color"))
+        colours.append(colour)
+        window = None
+        if display is not None and top is not None and display.findtext("High") is not None:
+            low, high = float(display.findtext("Low") or 0.0), float(display.findtext("High"))
+            if 0.0 <= low < high <= 1.0:
+                window = [low * top, high * top]
+        windows.append(window)
+    return colours, windows
+
+
+def _nd2_colours(path: Path, scene) -> tuple | None:
+    """``(colours, None)`` of an ND2's channels, as NIS-Elements shows them."""
+    import nd2
+
+    def colours() -> list[str | None]:
+        with nd2.ND2File(path) as f:
+            found = []
+            for meta in f.metadata.channels or []:
+                rgb = getattr(meta.channel, "color", None)
+                found.append(None if rgb is None else f"{rgb.r:02X}{rgb.g:02X}{rgb.b:02X}")
+            return found
+
+    found = _guarded(path, "channel colours", colours)
+    return (found, None) if found else None
+
+
+def _lif_colours(path: Path, scene: str) -> tuple | None:
+    """``(colours, None)`` of a LIF image's channels from their lookup-table names."""
+    import liffile
+
+    def colours() -> list[str | None] | None:
+        with liffile.LifFile(path) as f:
+            for image in f.images:
+                if image.name == scene:
+                    return [_LUT_NAMES.get((ch.get("LUTName") or "").strip().lower())
+                            for ch in image.xml_element.iter("ChannelDescription")]  # fmt: skip
+        return None
+
+    found = _guarded(path, "channel colours", colours)
+    return (found, None) if found else None
+
+
+_LUT_DATA = "[ColorLUTData]\r\n".encode("utf-16-le")
+
+
+def _olympus_colours(oif, n_channels: int) -> tuple:
+    """``(colours, None)`` from the lookup tables of an Olympus file's channels.
+
+    Each channel's settings (``s_C001.pty``, ...) name its table (``s_LUT1.lut``); the table is
+    UTF-16 text followed by one little-endian ``0x00RRGGBB`` word per grey level, and its
+    brightest (last) entry is the channel's colour.
+    """
+    import oiffile
+
+    files = list(oif.glob("*"))
+    colours: list[str | None] = []
+    for c in range(1, n_channels + 1):
+        settings = next((f for f in files if f.endswith(f"_C{c:03d}.pty")), None)
+        if settings is None:
+            colours.append(None)
+            continue
+        lut = oiffile.SettingsFile(oif.open_file(settings), settings).get("LUT Parameter", {})
+        name = lut.get("LUTFileName")
+        table = next((f for f in files if name and f.endswith(f"_{name}.lut")), None)
+        if table is None:
+            colours.append(None)
+            continue
+        raw = oif.open_file(table).read()
+        start = raw.find(_LUT_DATA)
+        words = raw[start + len(_LUT_DATA):] if start >= 0 else b""
+        if len(words) < 4:
+            colours.append(None)
+            continue
+        last = int(np.frombuffer(words[: len(words) // 4 * 4], "<u4")[-1]) & 0xFFFFFF
+        colours.append(f"{last:06X}")
+    return colours, None

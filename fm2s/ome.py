@@ -307,15 +307,21 @@ class OmeZarrWriter:
             self._ranges[c] = [min(old[0], lo), max(old[1], hi)]
 
     def _omero(self) -> dict:
+        """The ``omero`` block: the input's channel colours and display windows where it
+        has them; else the default colours and, as window, the range of the written values."""
         meta, n = self.metadata, self.shape[1]
         names = (meta.channel_names if meta else None) or [f"Channel {i}" for i in range(n)]
         colors = (meta.channel_colors if meta else None) or (
             ["FFFFFF"] if n == 1 else list(itertools.islice(itertools.cycle(_DEFAULT_COLORS), n))
         )
+        windows = (meta.channel_windows if meta else None) or [None] * n
         channels = []
         for i in range(n):
             start, end = self._ranges.get(i, [0.0, 1.0])
             lo, hi = start, end
+            if windows[i] is not None:
+                start, end = (float(v) for v in windows[i])
+                lo, hi = min(lo, start), max(hi, end)
             if self.dtype.kind in "ui":
                 lo, hi = float(np.iinfo(self.dtype).min), float(np.iinfo(self.dtype).max)
             channels.append({
@@ -324,7 +330,9 @@ class OmeZarrWriter:
                 "window": {"min": lo, "max": hi, "start": start, "end": end},
             })  # fmt: skip
         rdefs = {"defaultT": 0, "defaultZ": self.shape[2] // 2}
-        rdefs["model"] = "color" if n > 1 else "greyscale"
+        # one channel is shown grey unless the input gave it a colour (a GFP channel stays green)
+        coloured = n > 1 or str(colors[0] or "FFFFFF").upper() != "FFFFFF"
+        rdefs["model"] = "color" if coloured else "greyscale"
         omero = {"name": self.path.name, "channels": channels, "rdefs": rdefs}
         if self.ngff_version == "0.4":
             omero["version"] = "0.4"

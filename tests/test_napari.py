@@ -23,7 +23,7 @@ if os.environ.get("FM2S_CI") != "1":
 from napari.components import ViewerModel  # noqa: E402
 from npe2 import PluginManifest  # noqa: E402
 
-from fm2s import napari_widget  # noqa: E402
+from fm2s import napari_widget, train  # noqa: E402
 from fm2s.napari_widget import DenoiseWidget  # noqa: E402
 from fm2s.pipeline import denoise_array  # noqa: E402
 from fm2s.settings import make_settings  # noqa: E402
@@ -130,6 +130,7 @@ def test_cancel_stops_between_planes_and_adds_no_layer(qtbot, monkeypatch):
     assert widget._progress.value < widget._progress.max == 6
     assert widget._status.value.startswith("cancelled")
     assert widget._run.enabled and not widget._cancel.enabled
+    assert train._progress_callbacks == []  # nothing left for the next training to report to
 
 
 def test_bad_axes_show_an_error_and_add_no_layer(qtbot):
@@ -142,3 +143,84 @@ def test_bad_axes_show_an_error_and_add_no_layer(qtbot):
     assert widget._status.value.startswith("error:")
     assert "zyx" in widget._status.value
     assert widget._run.enabled
+
+
+def test_multiscale_layer_is_denoised_at_full_resolution(qtbot):
+    # napari-ome-zarr opens a store as a multiscale layer: the levels, full resolution first
+    clean = np.stack([clean_plane((64, 64), seed=3, phase=0.4 * i) for i in range(2)])
+    full = noisy_plane(clean, seed=4, dtype=np.uint16)
+    half = full[:, ::2, ::2]
+    viewer = ViewerModel()
+    viewer.add_image([full, half], multiscale=True, name="store", scale=(2.0, 0.5, 0.5))
+    widget = make_widget(qtbot, viewer, steps=8)
+    assert widget._axes.value == "zyx"
+    run_to_end(qtbot, widget)
+    assert widget._status.value.startswith("added"), widget._status.value
+    result = viewer.layers[-1]
+    assert result.name == "store [fm2s auto/fast seed 0 shared]" and not result.multiscale
+    expected = denoise_array(full, "zyx", settings=make_settings(steps=8), seed=0)
+    assert np.array_equal(result.data, expected)
+    np.testing.assert_array_equal(result.scale, (2.0, 0.5, 0.5))
+
+
+def test_training_progress_moves_during_training(qtbot, monkeypatch):
+    # What the training reports reaches the training bar (in the GUI thread), and watching it
+    # does not change the result.
+    seen = []
+    show = DenoiseWidget._show_training
+
+    def recorded(self, done, total, networks):
+        seen.append((done, total, networks, threading.current_thread() is threading.main_thread()))
+        show.__wrapped__(self, done, total, networks)
+
+    monkeypatch.setattr(DenoiseWidget, "_show_training",
+                        napari_widget.ensure_main_thread(recorded))
+    noisy = noisy_plane(clean_plane((48, 48), seed=5), seed=6)
+    viewer = ViewerModel()
+    viewer.add_image(noisy, name="cells")
+    widget = make_widget(qtbot, viewer, steps=300)
+    run_to_end(qtbot, widget)
+    qtbot.waitUntil(lambda: seen and seen[-1][0] == seen[-1][1], timeout=TIMEOUT_MS)
+    done = [d for d, *_ in seen]
+    total = seen[0][1]
+    assert done[0] == 0 and done == sorted(done) and 0 < len(done) - 2 <= 100
+    assert all(t == total and on_main for _, t, _, on_main in seen)
+    assert widget._training_bar.value == widget._training_bar.max == total
+    expected = denoise_array(noisy, "yx", settings=make_settings(steps=300), seed=0)
+    assert np.array_equal(viewer.layers[-1].data, expected)
+
+
+def test_recipe_choice_reaches_the_settings(qtbot):
+    viewer = ViewerModel()
+    viewer.add_image(noisy_plane(np.full((32, 32), 0.3), seed=1), name="cells")
+    widget = make_widget(qtbot, viewer, steps=4)
+    assert widget._recipe.value == "fast" and widget.settings().recipe == "fast"
+    assert widget._recipe.choices[0] == "fast"  # the quickest first
+    widget._recipe.value = "v2"
+    settings = widget.settings()
+    assert settings == make_settings("auto", "v2", steps=4)
+    assert settings.crop_size == 0  # whole planes: the slower, published schedule
+    run_to_end(qtbot, widget)
+    assert viewer.layers[-1].name == "cells [fm2s auto/v2 seed 0 shared]"
+
+
+def test_cancel_during_training_stops_it(qtbot, monkeypatch):
+    # Cancel is pressed from the first training report: the pass stops at its next step.
+    reported = threading.Event()
+    step = DenoiseWidget._training_step
+
+    def cancel_at_first_report(self, worker, done, total, networks):
+        if not reported.is_set():
+            reported.set()
+            worker.quit()
+        return step(self, worker, done, total, networks)
+
+    monkeypatch.setattr(DenoiseWidget, "_training_step", cancel_at_first_report)
+    viewer = ViewerModel()
+    viewer.add_image(noisy_plane(np.full((32, 32), 0.3), seed=1), name="cells")
+    widget = make_widget(qtbot, viewer, steps=50)
+    run_to_end(qtbot, widget)
+    assert reported.is_set() and len(viewer.layers) == 1
+    assert widget._progress.value == 0
+    assert widget._status.value.startswith("cancelled"), widget._status.value
+    assert train._progress_callbacks == []

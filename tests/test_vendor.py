@@ -173,6 +173,7 @@ def test_cli_store_carries_channels_pixel_sizes_and_time(shared_data, tmp_path):
         denoised = stack.data.compute()
     assert meta.shape == (53, 1, 1, 64, 64) and meta.dtype == "uint16"
     assert meta.channel_names == ["GFP 488 nm"]
+    assert meta.channel_colors == ["07FF00"]  # NIS-Elements' green, not white
     assert meta.pixel_sizes["x"] == pytest.approx(0.325) and meta.units["x"] == UM
     assert meta.time_step == pytest.approx(0.50016, rel=1e-4) and meta.time_unit == "second"
     assert denoised.std() > 0
