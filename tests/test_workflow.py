@@ -24,7 +24,7 @@ import zarr
 pytest.importorskip("snakemake", reason="the workflow needs pip install -e '.[workflow]'")
 import yaml  # noqa: E402  (a dependency of snakemake)
 
-from fm2s._provenance import provenance  # noqa: E402
+from fm2s._provenance import PLANES_GROUP, provenance  # noqa: E402
 from fm2s.chunks import synthetic_stack  # noqa: E402
 from fm2s.ome import open_ome_zarr, write_ome_zarr  # noqa: E402
 from fm2s.pipeline import denoise_stack  # noqa: E402
@@ -117,11 +117,12 @@ def test_outputs_equal_the_engine_with_metadata_and_provenance(main_run):
         assert record["workflow"]["config"]["inputs"] == cfg["inputs"]
         assert len(record["plane_seconds"]) == int(np.prod(data.shape[:3]))
         assert record["output"]["ngff_version"] == "0.4" and record["device"] == "cpu"
-        # Nothing but the store's own files in it (zarr warns on foreign entries).
+        # Nothing but the store's own files in it (zarr warns on foreign entries): the levels
+        # and the group that holds the per-plane provenance.
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert {name for name, _ in zarr.open_group(str(store), mode="r").members()} == {
-                "0", "1", "2"}
+                "0", "1", "2", PLANES_GROUP}
         assert not (store / ".snakemake_timestamp").exists()
     cells = open_ome_zarr(workdir / "results/cells.denoised.ome.zarr")[1]
     scale = cells["multiscales"]["datasets"][0]["coordinateTransformations"][0]["scale"]
