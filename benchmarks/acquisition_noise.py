@@ -144,16 +144,12 @@ def bleaching(args) -> None:
     ``benchmarks/shared.py``), clean truth known: per-frame PSNR and networks."""
     import json
 
-    from fm2s.synthetic import clean_plane
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from shared import bleaching_stack
 
     set_threads(1)
-    rng = np.random.default_rng(5)
-    count, photons = 64, 30.0
-    clean = np.stack([clean_plane((256, 256), seed=7, phase=0.05 * t) * (1 - 0.5 * t / (count - 1))
-                      for t in range(count)])
-    noisy = rng.poisson(clean * photons) / photons + rng.normal(0, 0.02, clean.shape)
-    noisy = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
-    truth = np.clip(np.rint(clean * 255), 0, 255).astype(np.uint8)
+    noisy, truth = bleaching_stack()
+    count = len(noisy)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bleaching.ome.tif"
         tifffile.imwrite(path, noisy[:, None, None], ome=True, metadata={"axes": "TCZYX"})

@@ -126,17 +126,24 @@ def quality(args) -> None:
             synthetic_quality(args, write, done, Path(tmp))
 
 
-def synthetic_quality(args, write, done, tmp: Path) -> None:
-    """A 64-plane bleaching time-lapse (brightness fading to half), clean truth known."""
+def bleaching_stack(count: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(noisy, truth)``: a uint8 time-lapse of 256 x 256 planes whose brightness fades to half
+    (bleaching), Poisson noise of 30 photons at 1.0 plus Gaussian read noise; clean truth."""
     from fm2s.synthetic import clean_plane
 
     rng = np.random.default_rng(5)
-    count, photons = 64, 30.0
+    photons = 30.0
     clean = np.stack([clean_plane((256, 256), seed=7, phase=0.05 * t) * (1 - 0.5 * t / (count - 1))
                       for t in range(count)])
     noisy = rng.poisson(clean * photons) / photons + rng.normal(0, 0.02, clean.shape)
     noisy = np.clip(np.rint(noisy * 255), 0, 255).astype(np.uint8)
-    truth = np.clip(np.rint(clean * 255), 0, 255).astype(np.uint8)
+    return noisy, np.clip(np.rint(clean * 255), 0, 255).astype(np.uint8)
+
+
+def synthetic_quality(args, write, done, tmp: Path) -> None:
+    """A 64-plane bleaching time-lapse (brightness fading to half), clean truth known."""
+    noisy, truth = bleaching_stack()
+    count = len(noisy)
     path = tmp / "bleaching.ome.tif"
     tifffile.imwrite(path, noisy[:, None, None], ome=True, metadata={"axes": "TCZYX"})
     for method in args.methods.split(","):
