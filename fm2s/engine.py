@@ -8,16 +8,17 @@ Groups
 ------
 The planes of one channel, in ``(t, z)`` order, are cut into groups of
 ``Settings.group_size`` consecutive planes (:func:`plan_groups`), from the stack's plane
-indices alone, never from how planes are split into jobs. Within a group, the planes whose
-noise estimate agrees with their channel's reference (the per-plane check of ``auto``,
-:func:`fm2s.estimate.consistent`; every plane for the hand-set presets) train one shared
-network on crops drawn from all of them; a plane that disagrees trains a network of its own,
-as does a group of one plane, bitwise as the paper's network per plane
-(:func:`fm2s.denoise.iter_denoise_planes` with ``(t, c, z)`` keys). ``group_size=1`` is per-
-plane training throughout. Constant planes are their own result.
+indices alone, never from how planes are split into jobs. With ``auto`` each channel has one
+noise model (:class:`fm2s.stack_noise.StackNoise`), split into segments where the noise truly
+changes; within a group, the planes of one segment (every plane for the hand-set presets)
+train one shared network on crops drawn from all of them. A group of one plane, or a segment
+with one plane in the group, trains a network of its own, bitwise as the paper's network per
+plane (:func:`fm2s.denoise.iter_denoise_planes` with ``(t, c, z)`` keys). ``group_size=1`` is
+per-plane training throughout. Constant planes are their own result.
 
 Seeds: a plane's own network and its blend use ``plane_seed(seed, (t, c, z))``; a shared
-network uses ``plane_seed(seed, ("group", index))``.
+network uses ``plane_seed(seed, ("group", index))``, the network of a later segment in the
+same group ``plane_seed(seed, ("group", index, segment))``.
 
 Model files
 -----------
@@ -165,7 +166,7 @@ class StackModel:
         Per plane ``"t,c,z"``: ``network`` (id, or None for a constant plane), ``group``,
         ``input_sha256`` and ``info`` (``auto``: estimate, source, resolved settings).
     references : dict
-        ``auto``: the channels' reference estimates (ChannelReferences.record()).
+        ``auto``: the channels' noise models (:meth:`fm2s.stack_noise.StackNoise.record`).
     """
 
     settings: Settings
@@ -327,8 +328,7 @@ def train_stack(
     groups : sequence of int, optional
         Indices into :func:`plan_groups` to train (default: all).
     references : callable, optional
-        ``auto``: the channels' reference estimates (default: a new
-        :class:`fm2s.estimate.ChannelReferences` of `stack`).
+        ``auto``: the channels' noise models (default: :func:`stack_noise` of `stack`).
     progress : callable, optional
         Called with each group and the model once its networks are trained.
 
