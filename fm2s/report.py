@@ -574,6 +574,16 @@ def write_run_report(
     for number, (name, store) in enumerate(stores.items()):
         store = Path(store)
         source = Path(sources[name] if sources else provenance(store)["input"]["path"])
+        if not source.exists():
+            # A nightly run's input moved or deleted after its store was made: the store
+            # stands, and the page says why it shows no pictures of it.
+            logger.warning("QC of %s: its input %s no longer exists; no pictures", name, source)
+            sections.append((f"stack-{number}", name, (
+                f'<p class="note">The input <code>{_esc(source)}</code> no longer exists (moved '
+                f"or deleted after it was denoised), so there is nothing to compare the store "
+                f"<code>{_esc(store)}</code> with; <code>fm2s info</code> describes the store."
+                "</p>")))
+            continue
         logger.info("QC of %s: %s -> %s", name, source, store)
         body, summary = _stack_section(
             name, source, store, series=series, pages_as=pages_as, noise_planes=noise_planes,

@@ -162,6 +162,13 @@ def test_report_of_a_single_plane_and_sampled_noise_planes(tmp_path):
                  "--noise-planes", "3", "--zoom", "8"]) == 0
     cli = check_self_contained((tmp_path / "cli.html").read_text())
     assert [h for tag, h in cli.headings if tag == "h2"] == ["one", "cells"]
+    # an input deleted after its store was made (a nightly run): the page says so, the rest
+    # is drawn
+    (tmp_path / "cells.ome.tif").unlink()
+    text = write_run_report(tmp_path / "gone.html", stores, noise_planes=3, zoom=8).read_text()
+    page = check_self_contained(text)
+    assert [h for tag, h in page.headings if tag == "h2"] == ["one", "cells"]
+    assert len(page.images) == 3 and "cells.ome.tif</code> no longer exists" in text
 
 
 def test_eval_html_page(tmp_path):
