@@ -47,6 +47,7 @@ from ._stack_types import PlaneKey
 from .intensity import intensity_range, rounding_variance
 from .noise import lowfreq_gain, neighbour_corr
 from .plane_noise import NoiseEstimate, PlaneEvidence, _chain_gain, fit_evidence, plane_evidence
+from .settings import AUTO_FIELDS
 
 __all__ = ["JITTER", "MIN_SHIFT", "SAMPLE_PLANES", "SHIFT_SIGMAS", "ChannelNoise", "Segment",
            "StackNoise", "fit_channel", "provenance_record", "sample_indices"]
@@ -385,8 +386,6 @@ def provenance_record(models: dict[str, Any], plane_infos: dict[str, Any]) -> di
         ``sure-nlm`` also ``blend_nlm`` and ``blend_guided_nlm``, and ``sure_tile``; with
         ``sure-nlm-wiener`` also ``wiener``) and the estimated settings fields.
     """
-    from .settings import AUTO_FIELDS
-
     planes = {}
     for label, info in sorted(plane_infos.items()):
         if not info:
