@@ -39,7 +39,7 @@ import tifffile
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import fm2s
-from fm2s.denoise import resolve_device, set_threads
+from fm2s.devices import resolve_device, set_threads
 from fm2s.engine import denoise_stack_planes
 from fm2s.planeio import read_image
 from fm2s.stacks import open_stack

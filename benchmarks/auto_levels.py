@@ -78,8 +78,8 @@ def run_method(method: str, noisy: np.ndarray, group: str, threads: int):
         return out, {"preset": "confocal"}
     if method in ("auto", "auto-12bit", *VARIANTS):
         stored = noisy if method != "auto-12bit" else noisy.astype(np.uint16) * 16
-        result = fm2s.denoise(stored, preset="auto", seed=0, device="cpu", threads=threads,
-                              return_info=True, **VARIANTS.get(method, {}))
+        result = fm2s.denoise_result(stored, preset="auto", seed=0, device="cpu",
+                                     threads=threads, **VARIANTS.get(method, {}))
         info = result.info
         settings = info["settings"]
         params = {k: settings[k] for k in ("median_size", "channels", "k_g", "k_p", "lam_p")}

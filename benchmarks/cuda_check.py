@@ -6,7 +6,7 @@ several groups packed into grouped passes):
 
 - the stack applied in chunks of 1, 7 and 64 planes (as the workflow's ``planes_per_job``)
   must give identical arrays: inference batches are padded to a fixed size
-  (:func:`fm2s.denoise.inference_batch`), so a plane's kernels do not depend on its chunk;
+  (:func:`fm2s.devices.inference_batch`), so a plane's kernels do not depend on its chunk;
 - the same stack trained and applied on the CPU: PSNR against the truth, side by side, and
   how far CUDA's pixels are from the CPU's (bfloat16 training on both where supported, so
   they differ by float rounding, not by method).
@@ -33,7 +33,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fm2s.denoise import resolve_device, set_threads  # noqa: E402
+from fm2s.devices import resolve_device, set_threads  # noqa: E402
 from fm2s.engine import apply_model, train_stack  # noqa: E402
 from fm2s.settings import make_settings  # noqa: E402
 from fm2s.stacks import open_stack  # noqa: E402

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from resumable import appending  # noqa: E402
 
 import fm2s  # noqa: E402
-from fm2s.denoise import resolve_device, set_threads  # noqa: E402
+from fm2s.devices import resolve_device, set_threads  # noqa: E402
 from fm2s.engine import denoise_stack_planes  # noqa: E402
 from fm2s.planeio import read_image  # noqa: E402
 from fm2s.stacks import open_stack  # noqa: E402

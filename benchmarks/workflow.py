@@ -93,7 +93,7 @@ def bench_overhead(planes: int, size: int, steps: int | None, planes_per_job: in
     """The workflow's wall time against ``fm2s denoise`` of the same stack, both on 2 cores."""
     import numpy as np
 
-    from fm2s.chunks import write_synthetic_stack
+    from fm2s.synthetic import write_synthetic_stack
 
     overrides = {"steps": steps} if steps else {}
     with tempfile.TemporaryDirectory() as tmp:

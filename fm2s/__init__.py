@@ -20,11 +20,12 @@ __version__ = "0.9.0"
 
 # Public name -> submodule that defines it.
 _LAZY = {
-    "PlaneResult": "denoise",
+    "PlaneResult": "prepare",
     "denoise": "denoise",
     "denoise_planes": "denoise",
+    "denoise_result": "denoise",
     "iter_denoise_planes": "denoise",
-    "plane_seed": "denoise",
+    "plane_seed": "prepare",
     "NoiseEstimate": "estimate",
     "estimate_noise": "estimate",
     "resolve_settings": "estimate",

@@ -55,19 +55,24 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from fm2s import __version__
 from fm2s._ngff import PROVENANCE_KEY
+from fm2s.settings import Settings
 from fm2s.stacks import StackError, StackMetadata, StackNotFoundError
 
 __all__ = [
     "PROVENANCE_KEY",
+    "SEED_DERIVATION",
     "build_provenance",
     "describe_device",
-    "describe_output",
     "fingerprint_input",
     "format_provenance",
     "git_commit",
     "library_versions",
+    "pixels_digest",
     "provenance",
+    "stack_provenance",
+    "stack_record",
     "utc_now",
 ]
 
@@ -76,16 +81,6 @@ LIBRARIES = (
     "fm2s", "torch", "numpy", "scipy", "scikit-image", "zarr", "numcodecs", "dask",
     "tifffile", "ome-zarr", "imageio", "tqdm", "snakemake",
 )  # fmt: skip
-
-
-def describe_output(shape, dtype, *, ngff_version: str, levels: int) -> dict[str, Any]:
-    """The ``output`` block of a provenance record: shape, dtype, NGFF version, pyramid."""
-    from fm2s.ome import level_shapes
-
-    return {
-        "shape": list(shape), "dtype": str(dtype), "ngff_version": ngff_version,
-        "levels": levels, "level_shapes": [list(s) for s in level_shapes(tuple(shape), levels)],
-    }  # fmt: skip
 
 
 def utc_now() -> str:
@@ -174,7 +169,7 @@ def fingerprint_input(path: str | Path, *, chunk_size: int = 1 << 20) -> dict[st
 
 def build_provenance(
     *,
-    settings: Any,
+    settings: Settings | Mapping[str, Any],
     seed: int,
     seed_derivation: str,
     input_metadata: StackMetadata,
@@ -266,8 +261,6 @@ def build_provenance(
 
 
 def _package_version() -> str:
-    from fm2s import __version__
-
     return __version__
 
 
@@ -500,3 +493,77 @@ def describe_device(device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return str(device)
+
+
+SEED_DERIVATION = (
+    "each plane is denoised with seed fm2s.plane_seed(seed, (t, c, z)), a SHA-256 "
+    "of the base seed and the plane's (t, c, z) tuple of ints, so a plane's result depends "
+    "on its position and the base seed only, not on batching or on how a stack is split "
+    "into jobs"
+)
+
+
+def pixels_digest(plane_hashes) -> str:
+    """SHA-256 over the SHA-256 of every raw plane, in plane order: identifies the pixels
+    read, whichever job read which plane."""
+    digest = hashlib.sha256()
+    for plane_hash in plane_hashes:
+        digest.update(bytes.fromhex(plane_hash))
+    return digest.hexdigest()
+
+
+def stack_record(results, keys, *, data_range, model=None, references=None) -> dict[str, Any]:
+    """Provenance entries of a stack's planes: ``data_range``, ``networks`` (which network
+    denoised which plane, summarised) and, for ``auto``, ``estimate``."""
+    from fm2s.stack_noise import provenance_record  # here, so that `fm2s info` needs no torch
+
+    infos = {k.label: results[k]["info"] for k in keys if results[k]["info"]}
+    record: dict[str, Any] = {"data_range": data_range, "model_file": None if model is None
+                              else str(Path(model).resolve())}
+    record["networks"] = network_summary(infos)
+    autos = {label: info for label, info in infos.items() if "estimate" in info}
+    if autos:
+        references = references if references is not None else {}
+        record["estimate"] = provenance_record(references, autos)
+    return record
+
+
+def network_summary(infos: dict[str, dict]) -> dict[str, Any]:
+    """Per network: its digest and the planes it denoised (as ``"t,c,z"`` labels)."""
+    networks: dict[str, dict[str, Any]] = {}
+    for label, info in infos.items():
+        name = info.get("network")
+        if name is None:
+            continue
+        entry = networks.setdefault(name, {"digest": info.get("network_digest"), "planes": []})
+        entry["planes"].append(label)
+    return dict(sorted(networks.items()))
+
+
+def stack_provenance(*, settings, seed: int, metadata: StackMetadata,
+                     fingerprint: Mapping[str, Any], output: Mapping[str, Any], device: str,
+                     started: str, keys, planes: Mapping[Any, Mapping[str, Any]],
+                     data_range: float | None, model=None, references=None) -> dict[str, Any]:
+    """The provenance record of a denoised stack: :func:`build_provenance` and the planes'
+    entries of :func:`stack_record`, whichever jobs denoised which planes.
+
+    `planes` maps each key of `keys` (PlaneKey, in order) to its ``seconds``,
+    ``input_sha256`` and ``info``; `model` is the model file applied (None: trained here),
+    `references` the noise models' record (``auto``).
+    """
+    record = build_provenance(
+        settings=settings,
+        seed=seed,
+        seed_derivation=SEED_DERIVATION,
+        input_metadata=metadata,
+        input_fingerprint=fingerprint,
+        output=output,
+        device=device,
+        started=started,
+        finished=utc_now(),
+        plane_seconds={key.label: planes[key]["seconds"] for key in keys},
+        pixels_sha256=pixels_digest(planes[key]["input_sha256"] for key in keys),
+    )
+    record.update(stack_record(planes, keys, data_range=data_range, model=model,
+                               references=references))
+    return record

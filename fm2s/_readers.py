@@ -283,6 +283,8 @@ class FolderSource:
             shape_found=(len(self.files), *inner.shape_found),
             shape=(len(self.files),) + inner.shape[1:],
         )
+        self.axes = AxisMap(self.metadata.axes_found, self.metadata.shape_found,
+                            pages_as=pages_as, path=str(path))
 
     def read(self, t: int, c: int, z: int) -> np.ndarray:
         source = _open_file(self.files[t], series=self._series, pages_as=self._pages_as)

@@ -20,6 +20,50 @@ PNG_SUFFIXES = (".png",)
 ZARR_MARKERS = (".zgroup", ".zattrs", "zarr.json")
 
 
+@dataclass(frozen=True)
+class InputFormat:
+    """One kind of input that :func:`fm2s.stacks.open_stack` reads.
+
+    Adding a format: a row in :data:`INPUT_FORMATS` and a reader (the
+    :class:`fm2s.stacks.StackSource` interface) in :data:`fm2s.stacks.READERS`.
+    """
+
+    name: str  # the reader's key in fm2s.stacks.READERS
+    suffixes: tuple[str, ...]  # name endings (lower case) that select it; () for a folder
+    description: str
+
+
+#: Every input format, in the order a path is matched against them.
+INPUT_FORMATS = (
+    InputFormat("ome-zarr", (".ome.zarr", ".zarr"),
+                "OME-Zarr store, NGFF 0.4 or 0.5, level 0 (also a Zarr group of another name)"),
+    InputFormat("tiff", (".ome.tiff", ".ome.tif", ".tiff", ".tif"),
+                "OME-TIFF (one series at a time), ImageJ hyperstack, or plain TIFF"),
+    InputFormat("png", PNG_SUFFIXES, "one plane (RGB becomes channels)"),
+    InputFormat("folder", (), "a folder of TIFF or PNG files, one time point each"),
+    InputFormat("czi", (".czi",), "Zeiss CZI, one scene at a time (vendor extra)"),
+    InputFormat("nd2", (".nd2",), "Nikon ND2, one position at a time (vendor extra)"),
+    InputFormat("lif", (".lif",), "Leica LIF, one image at a time (vendor extra)"),
+    InputFormat("oib", (".oib",), "Olympus FluoView OIB (vendor extra)"),
+    InputFormat("oif", (".oif",), "Olympus FluoView OIF (vendor extra)"),
+)
+#: Name endings of inputs, longest first (what :func:`fm2s.inputs.stack_name` strips).
+STACK_SUFFIXES = tuple(sorted({s for f in INPUT_FORMATS for s in f.suffixes}, key=len,
+                              reverse=True))
+
+
+def input_format(path: Path) -> InputFormat | None:
+    """The format of an existing input path (None: not one fm2s reads)."""
+    name = path.name.lower()
+    by_name = {f.name: f for f in INPUT_FORMATS}
+    if path.is_dir():
+        if name.endswith(".zarr") or any((path / m).exists() for m in ZARR_MARKERS):
+            return by_name["ome-zarr"]
+        return by_name["folder"]
+    return next((f for f in INPUT_FORMATS if f.suffixes and name.endswith(f.suffixes)
+                 and f.name != "ome-zarr"), None)
+
+
 class StackError(ValueError):
     """An input stack cannot be opened or read; the message names the file."""
 

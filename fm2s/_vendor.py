@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fm2s._readers import _metadata, _positive
+from fm2s._readers import _metadata, _positive, normalize_unit
 from fm2s._stack_types import AxisMap, StackError
 
 logger = logging.getLogger(__name__)
@@ -336,8 +336,6 @@ class OlympusSource:
 
 def _olympus_extra(main: dict, n_channels: int) -> dict:
     """Channel names, pixel sizes and time step from an Olympus main (.oif) file."""
-    from fm2s._readers import normalize_unit
-
     reference = main.get("Reference Image Parameter", {})
     extra: dict = {"pixel_sizes": {}, "units": {}}
     for axis, key in (("x", "Width"), ("y", "Height")):

@@ -1,7 +1,7 @@
 """Classical estimates of Poisson-Gaussian planes on the generalized Anscombe transform.
 
 Non-local means, the classical and the guided estimates of the ``sure-nlm`` blend
-(:func:`fm2s.denoise.sure_weights`), in torch on the network's device: no training, about
+(:func:`fm2s.blend.sure_weights`), in torch on the network's device: no training, about
 0.1 s per pass (classical or guided) over a 512 x 512 plane with white noise on one core (a
 2048 x 2048 plane, in bands of rows: 1.6-1.9 and 1.3-1.5 s); with the 11 x 11 patches of a
 wide-field camera's correlated noise about 0.55 and 0.4 s. Their errors differ from the

@@ -104,7 +104,7 @@ def _seed(args) -> int:
 # --- fm2s denoise -------------------------------------------------------------------------------
 
 def cmd_denoise(args) -> int:
-    from .pipeline import denoise_image_file, denoise_stack  # stack I/O pulls in zarr and dask
+    from .pipeline import denoise_stack  # stack I/O pulls in zarr and dask
     from .planeio import IMAGE_SUFFIXES
 
     src, dst = args.input, args.output
@@ -128,11 +128,8 @@ def cmd_denoise(args) -> int:
     options = dict(settings=settings, seed=seed, series=args.series, pages_as=args.pages_as,
                    device=args.device, threads=args.threads, overwrite=args.overwrite,
                    progress=not args.quiet, data_range=data_range, model=model)
-    if to_store:
-        denoise_stack(src, dst, levels=args.levels, ngff_version=args.ngff_version,
-                      model_path=args.model, **options)
-    else:
-        denoise_image_file(src, dst, **options)
+    denoise_stack(src, dst, levels=args.levels, ngff_version=args.ngff_version,
+                  model_path=args.model, **options)
     log.info("wrote %s", dst)
     return 0
 
@@ -155,21 +152,17 @@ def _model_and_settings(args):
 # --- fm2s train ---------------------------------------------------------------------------------
 
 def cmd_train(args) -> int:
-    from .denoise import resolve_device, set_threads
-    from .engine import train_stack
-    from .stacks import open_stack
+    from .engine import StackModel
+    from .jobs import train_groups
 
     if args.output.exists() and not args.overwrite:
         raise UsageError(f"{args.output}: output exists (use --overwrite to replace it)")
     check_writable(args.output, what="model file")
-    settings = _settings_from_args(args)
-    set_threads(args.threads)
-    device = resolve_device(args.device)
     started = time.perf_counter()
-    with open_stack(args.input, series=args.series, pages_as=args.pages_as) as stack:
-        model = train_stack(stack, settings, seed=_seed(args), data_range=args.data_range,
-                            device=device)
-    model.save(args.output)
+    train_groups(args.input, args.output, settings=_settings_from_args(args), seed=_seed(args),
+                 series=args.series, pages_as=args.pages_as, data_range=args.data_range,
+                 device=args.device, threads=args.threads)
+    model = StackModel.load(args.output)
     shared = sum(1 for info in model.network_info.values() if info["shared"])
     log.info("wrote %s: %d network(s) (%d shared) for %d planes in %.1f s", args.output,
              len(model.networks), shared, len(model.planes), time.perf_counter() - started)
@@ -432,7 +425,7 @@ def _has_attribute(store: Path, key: str) -> bool:
 # --- fm2s report ---------------------------------------------------------------------------------
 
 def cmd_report(args) -> int:
-    from .chunks import stack_name
+    from .inputs import stack_name
     from .report import write_run_report
 
     stores = {stack_name(store): store for store in args.stores}
@@ -447,7 +440,7 @@ def cmd_report(args) -> int:
 # --- fm2s synth, fm2s denoise-chunk (used by the Snakemake workflow) ----------------------------
 
 def cmd_synth(args) -> int:
-    from .chunks import write_synthetic_stack
+    from .synthetic import write_synthetic_stack
 
     if args.output.exists() and not args.overwrite:
         raise UsageError(f"{args.output}: output exists (use --overwrite to replace it)")
@@ -466,7 +459,8 @@ def _workflow_settings(args) -> Settings:
 
 
 def cmd_train_groups(args) -> int:
-    from .chunks import job_device, train_groups
+    from .devices import job_device
+    from .jobs import train_groups
 
     device = job_device(args.device, gpus=args.gpus)
     train_groups(args.input, args.output, settings=_workflow_settings(args), groups=args.groups,
@@ -477,7 +471,8 @@ def cmd_train_groups(args) -> int:
 
 
 def cmd_denoise_chunk(args) -> int:
-    from .chunks import denoise_chunk, job_device
+    from .devices import job_device
+    from .jobs import denoise_chunk
 
     start, _, stop = args.planes.partition(":")
     try:
@@ -503,7 +498,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
                    help="axis of the pages of a plain multi-page TIFF (default z)")
     p.add_argument("--data-range", type=float, default=None, help="intensity that maps to 1.0")
     p.add_argument("--device", default="auto", help="auto (default: CUDA only when the job was "
-                   "given a GPU, see fm2s.chunks.job_device), cpu, cuda or cuda:N")
+                   "given a GPU, see fm2s.devices.job_device), cpu, cuda or cuda:N")
     p.add_argument("--gpus", type=int, default=1, help="GPUs the job was given (its gpu "
                    "resource; 0: CPU only)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")

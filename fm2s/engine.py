@@ -42,24 +42,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from .denoise import (
+from . import __version__
+from .devices import inference_batch, pack_size
+from .model import FM2SNet
+from .networks import Network, TrainingUnit, apply_network_batch, train_networks, unit_samples
+from .outputs import atomic_output
+from .prepare import (
     LowRangeWarning,
-    Network,
     PlaneResult,
     PreparedPlane,
-    TrainingUnit,
-    apply_network_batch,
     check_plane,
     constant_result,
-    inference_batch,
-    pack_size,
     plane_seed,
     prepare_plane,
-    train_networks,
-    unit_samples,
 )
-from .model import FM2SNet
-from .outputs import atomic_output
 from .settings import Settings
 from .stack_noise import StackNoise
 from .stacks import PlaneKey, StackError
@@ -202,8 +198,6 @@ class StackModel:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model as one ``.npz`` under a temporary name, then rename it."""
-        from . import __version__
-
         path = Path(path)
         arrays: dict[str, np.ndarray] = {}
         networks = []
@@ -232,8 +226,6 @@ class StackModel:
     @classmethod
     def load(cls, path: str | os.PathLike) -> StackModel:
         """Read a model file; ModelError if it is not one, or of another fm2s version."""
-        from . import __version__
-
         path = Path(path)
         if not path.is_file():
             msg = f"{path}: no such model file"
@@ -342,6 +334,14 @@ def train_stack(
     StackError
         A plane the engine cannot denoise (message naming the stack and the plane).
     """
+    model, _ = _train(stack, settings, seed, data_range, device, groups, references, progress)
+    return model
+
+
+def _train(stack, settings, seed, data_range, device, groups, references, progress,
+           keep: bool = False) -> tuple[StackModel, dict[PlaneKey, _Planned]]:
+    """:func:`train_stack`; with `keep`, also each plane of the groups prepared for applying
+    the model to it (so that a plane is read, hashed and prepared once)."""
     meta = stack.metadata
     plan = plan_groups(stack.plane_keys(), settings, meta.shape[3:])
     chosen = plan if groups is None else [plan[i] for i in groups]
@@ -352,10 +352,11 @@ def train_stack(
     pack = pack_size(device)
     # A batch of groups whose units train in grouped passes (one group at a time on CPU).
     batch: list[tuple[Group, list[TrainingUnit], list[str]]] = []
+    prepared: dict[PlaneKey, PreparedPlane] | None = {} if keep else None
     pixels = 0
     for group in chosen:
         units, names = _group_units(stack, group, settings, seed, data_range, references, warn,
-                                    model)
+                                    model, prepared)
         batch.append((group, units, names))
         pixels += sum(p.noisy.size for u in units for p in u.planes)
         if len(batch) >= pack or pixels >= GROUP_PIXELS * 4:
@@ -365,11 +366,18 @@ def train_stack(
         _train_batch(batch, device, model, progress)
     if references is not None and hasattr(references, "record"):
         model.references = references.record()
-    return model
+    planned = {}
+    for key, item in (prepared or {}).items():
+        name = model.planes[key.label]["network"]
+        planned[key] = _Planned(key, name, model.networks.get(name) if name else None, item,
+                                model.planes[key.label]["input_sha256"])
+    return model, planned
 
 
-def _group_units(stack, group: Group, settings, seed, data_range, references, warn, model):
-    """Read and prepare a group's planes; its training units and their network ids."""
+def _group_units(stack, group: Group, settings, seed, data_range, references, warn, model,
+                 kept: dict[PlaneKey, PreparedPlane] | None):
+    """Read and prepare a group's planes (and keep them in `kept`, unless None); its
+    training units and their network ids."""
     path = stack.metadata.path
     prepared: list[PreparedPlane] = []
     for key in group.keys:
@@ -382,6 +390,8 @@ def _group_units(stack, group: Group, settings, seed, data_range, references, wa
             msg = f"{path}: cannot denoise: {exc}"
             raise StackError(msg) from exc
         prepared.append(item)
+        if kept is not None:
+            kept[key] = item
         model.planes[key.label] = {"network": None, "group": group.index,
                                    "input_sha256": plane_sha256(plane), "info": item.info}
     # Planes of one noise model share a network: a group's planes of one segment of its
@@ -443,7 +453,6 @@ def apply_model(
     keys: Sequence[tuple[int, int, int]] | None = None,
     *,
     device: torch.device,
-    on_plane: Callable[[PlaneKey, np.ndarray], None] | None = None,
 ) -> Iterator[PlaneResult]:
     """Denoise planes of a stack with a model's networks (inference and blend only).
 
@@ -452,7 +461,7 @@ def apply_model(
     shared network of its channel nearest in plane order, or its channel's nearest own
     network where there is no shared one; ``info["model_source"]`` then says so.
 
-    On CUDA, the planes read together (:func:`fm2s.denoise.inference_batch`: 16 planes of up
+    On CUDA, the planes read together (:func:`fm2s.devices.inference_batch`: 16 planes of up
     to 1024 x 1024, fewer of larger ones) that share a network are applied in one forward
     pass; on a CPU, one plane at a time. Either way each plane gets the result it gets alone.
 
@@ -463,21 +472,19 @@ def apply_model(
     keys : sequence of (t, c, z), optional
         Planes to denoise, in this order (default: all).
     device : torch.device
-    on_plane : callable, optional
-        Called with each raw plane as it is read (e.g. to hash the input).
 
     Yields
     ------
     PlaneResult
         ``seconds``: the plane's inference plus its share of its network's training;
-        ``info``: the plane's ``auto`` info plus ``network`` and ``network_digest``.
+        ``info``: the plane's ``auto`` info plus ``network`` and ``network_digest``;
+        ``input_sha256``: the raw plane's.
     """
     keys = [PlaneKey(*map(int, k)) for k in (stack.plane_keys() if keys is None else keys)]
     warn = LowRangeWarning(model.settings, model.data_range)
     batch = inference_batch(device, stack.metadata.shape[3:])
     for start in range(0, len(keys), batch):
-        planes = [_prepare_for(stack, model, key, warn, on_plane)
-                  for key in keys[start:start + batch]]
+        planes = [_prepare_for(stack, model, key, warn) for key in keys[start:start + batch]]
         yield from _apply_batch(planes, model, device, batch)
 
 
@@ -488,16 +495,16 @@ class _Planned(NamedTuple):
     name: str | None
     network: Network | None
     prepared: PreparedPlane
+    input_sha256: str  # of the raw plane
 
 
-def _prepare_for(stack, model: StackModel, key: PlaneKey, warn, on_plane) -> _Planned:
+def _prepare_for(stack, model: StackModel, key: PlaneKey, warn) -> _Planned:
     """Read a plane and find its network."""
     path = stack.metadata.path
     plane = stack.read_plane(key)
-    if on_plane is not None:
-        on_plane(key, plane)
+    digest = plane_sha256(plane)
     entry = model.planes.get(key.label)
-    exact = entry is not None and entry["input_sha256"] == plane_sha256(plane)
+    exact = entry is not None and entry["input_sha256"] == digest
     name = entry["network"] if exact else _nearest_network(model, key, path)
     network = model.networks.get(name) if name is not None else None
     try:
@@ -508,7 +515,7 @@ def _prepare_for(stack, model: StackModel, key: PlaneKey, warn, on_plane) -> _Pl
         msg = f"{path}: cannot denoise: {exc}"
         raise StackError(msg) from exc
     prepared.info = entry["info"] if exact else _reuse_info(model, name, network)
-    return _Planned(key, name, network, prepared)
+    return _Planned(key, name, network, prepared, digest)
 
 
 def _apply_batch(planes: list[_Planned], model: StackModel, device,
@@ -530,6 +537,7 @@ def _apply_batch(planes: list[_Planned], model: StackModel, device,
             result.seconds += network.seconds / max(1, len(network.trained_on))
             results[i] = result
     for item, result in zip(planes, results, strict=True):
+        result.input_sha256 = item.input_sha256
         if item.name is not None:
             result.info = {**(result.info or {}), "network": item.name,
                            "network_digest": model.network_info[item.name]["digest"]}
@@ -572,14 +580,13 @@ def denoise_stack_planes(
     device: torch.device,
     model: StackModel | None = None,
     references: Callable | None = None,
-    on_plane: Callable[[PlaneKey, np.ndarray], None] | None = None,
 ) -> Iterator[tuple[PlaneKey, PlaneResult]]:
     """Denoise every plane of a stack: train group after group and apply each at once, or
     apply a given `model` (whose settings, seed and range must be these).
 
     The results are those of :func:`train_stack` over all groups followed by
-    :func:`apply_model`, with only one group's planes in memory at a time, each read from the
-    stack once.
+    :func:`apply_model`, with only one group's planes in memory at a time (a few groups' on
+    a GPU), each read, hashed and prepared once.
 
     Yields
     ------
@@ -589,43 +596,19 @@ def denoise_stack_planes(
     if model is not None:
         model.check(settings, seed, data_range, str(stack.metadata.path))
         keys = stack.plane_keys()
-        yield from zip(keys, apply_model(stack, model, keys, device=device,
-                                         on_plane=on_plane), strict=True)
+        yield from zip(keys, apply_model(stack, model, keys, device=device), strict=True)
         return
     plan = plan_groups(stack.plane_keys(), settings, stack.metadata.shape[3:])
     if settings.needs_estimate and references is None:
         references = stack_noise(stack, settings, data_range)
     pack = pack_size(device)
-    held = _HeldPlanes(stack)
+    batch = inference_batch(device, stack.metadata.shape[3:])
     for start in range(0, len(plan), pack):
-        batch = plan[start:start + pack]
-        part = train_stack(held, settings, seed=seed, data_range=data_range, device=device,
-                           groups=[g.index for g in batch], references=references)
-        keys = [k for g in batch for k in g.keys]
-        yield from zip(keys, apply_model(held, part, keys, device=device, on_plane=on_plane),
-                       strict=True)
-        held.release()
-
-
-class _HeldPlanes:
-    """A stack whose planes are read once and held until released: training reads a group's
-    planes and applying its networks needs them again (slow storage, compressed files)."""
-
-    def __init__(self, stack):
-        self._stack = stack
-        self.metadata = stack.metadata
-        self._planes: dict[PlaneKey, np.ndarray] = {}
-
-    def plane_keys(self) -> list[PlaneKey]:
-        return self._stack.plane_keys()
-
-    def read_plane(self, key: tuple[int, int, int]) -> np.ndarray:
-        key = PlaneKey(*key)
-        if key not in self._planes:
-            plane = self._stack.read_plane(key)
-            plane.setflags(write=False)  # handed out twice: nobody may change it
-            self._planes[key] = plane
-        return self._planes[key]
-
-    def release(self) -> None:
-        self._planes.clear()
+        groups = plan[start:start + pack]
+        part, planned = _train(stack, settings, seed, data_range, device,
+                               [g.index for g in groups], references, None, keep=True)
+        keys = [k for g in groups for k in g.keys]
+        for first in range(0, len(keys), batch):
+            chunk = keys[first:first + batch]
+            yield from zip(chunk, _apply_batch([planned.pop(k) for k in chunk], part, device,
+                                               batch), strict=True)

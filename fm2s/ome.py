@@ -49,6 +49,7 @@ __all__ = [
     "OmeZarrWriter",
     "OutputExistsError",
     "check_output_path",
+    "describe_output",
     "level_shapes",
     "open_ome_zarr",
     "write_ome_zarr",
@@ -97,6 +98,14 @@ def level_shapes(shape: tuple[int, ...], levels: int) -> list[tuple[int, ...]]:
         *rest, y, x = out[-1]
         out.append((*rest, max(1, y // 2), max(1, x // 2)))
     return out
+
+
+def describe_output(shape, dtype, *, ngff_version: str, levels: int) -> dict[str, Any]:
+    """The ``output`` block of a provenance record: shape, dtype, NGFF version, pyramid."""
+    return {
+        "shape": list(shape), "dtype": str(dtype), "ngff_version": ngff_version,
+        "levels": levels, "level_shapes": [list(s) for s in level_shapes(tuple(shape), levels)],
+    }  # fmt: skip
 
 
 def max_levels(shape: tuple[int, ...]) -> int:
@@ -160,6 +169,8 @@ class OmeZarrWriter:
     >>> open_ome_zarr(out)[0][1].shape
     (1, 1, 2, 16, 16)
     """
+
+    keeps_provenance = True
 
     def __init__(
         self,

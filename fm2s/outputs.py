@@ -25,13 +25,15 @@ import re
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 __all__ = [
     "OutputError",
     "OutputExistsError",
+    "PlaneWriter",
     "atomic_output",
     "check_writable",
     "publish",
@@ -51,6 +53,30 @@ class OutputError(ValueError):
 
 class OutputExistsError(OutputError, FileExistsError):
     """The output exists and overwriting was not asked for."""
+
+
+class PlaneWriter(Protocol):
+    """The interface every output format implements: the planes of a stack, written one by
+    one under a temporary name, then published whole.
+
+    Implementations: :class:`fm2s.ome.OmeZarrWriter` (OME-Zarr store),
+    :class:`fm2s.planeio.ImageWriter` (TIFF or PNG of the input's shape),
+    :class:`fm2s.jobs.ChunkWriter` (a workflow chunk file). Used as a context manager:
+    leaving it without :meth:`commit` removes everything written.
+    """
+
+    #: Whether :meth:`commit` stores a provenance record (an image file keeps none).
+    keeps_provenance: ClassVar[bool]
+
+    def __enter__(self) -> PlaneWriter: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def write_plane(self, key: tuple[int, int, int], plane: Any) -> None:
+        """Write the ``(y, x)`` plane of stack position ``(t, c, z)``."""
+
+    def commit(self, record: Mapping[str, Any] | None = None) -> Path:
+        """Check that every plane was written, store `record`, publish; returns the path."""
 
 
 def temporary_path(path: str | os.PathLike) -> Path:

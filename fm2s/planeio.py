@@ -17,7 +17,7 @@ import tifffile
 
 from fm2s.outputs import atomic_output
 
-__all__ = ["ImageFileError", "read_image", "write_image", "IMAGE_SUFFIXES"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFileError", "ImageWriter", "read_image", "write_image"]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -153,3 +153,50 @@ _OME_UNITS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm", "centi
               "meter": "m", "angstrom": "Å"}  # fmt: skip
 _OME_TIME_UNITS = {"second": "s", "millisecond": "ms", "microsecond": "µs", "minute": "min",
                    "hour": "h"}  # fmt: skip
+
+
+class ImageWriter:
+    """A stack's planes into one PNG or TIFF of the input's own array shape and axes
+    (:class:`fm2s.outputs.PlaneWriter`; planes are held in memory, the file is written at
+    :meth:`commit`, atomically, by :func:`write_image`).
+
+    Parameters
+    ----------
+    path : path
+        ``.png``, ``.tif`` or ``.tiff``.
+    metadata : StackMetadata
+        The input's; a TIFF input's kind, axes and pixel sizes are written back.
+    axes : AxisMap
+        The input's axes (:attr:`fm2s.stacks.Stack.axes`): where plane ``(t, c, z)`` goes.
+    overwrite : bool
+        Replace an existing file.
+    """
+
+    keeps_provenance = False
+
+    def __init__(self, path: str | os.PathLike, metadata: Any, axes: Any, *,
+                 overwrite: bool = False) -> None:
+        self.path, self.metadata, self.axes = Path(path), metadata, axes
+        self.overwrite = overwrite
+        self._image = np.empty(metadata.shape_found, dtype=metadata.dtype)
+        self._written: set[tuple[int, int, int]] = set()
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass  # nothing is on disk before commit
+
+    def write_plane(self, key: tuple[int, int, int], plane: np.ndarray) -> None:
+        self._image[self.axes.select(*key)] = self.axes.to_yx(plane)  # to_yx is its own inverse
+        self._written.add(tuple(key))
+
+    def commit(self, record: Any = None) -> Path:
+        """Write the image (`record` is not kept: use an OME-Zarr output for provenance)."""
+        planes = int(np.prod(self.metadata.shape[:3]))
+        if len(self._written) != planes:
+            msg = f"{self.path}: {planes - len(self._written)} of {planes} planes were not written"
+            raise RuntimeError(msg)
+        tiff_input = self.metadata.format in ("tiff", "imagej-tiff", "ome-tiff")
+        return write_image(self.path, self._image, overwrite=self.overwrite,
+                           metadata=self.metadata if tiff_input else None)

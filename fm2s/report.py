@@ -37,8 +37,16 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy import ndimage
 
-from fm2s._provenance import NOISE_MODEL_COLUMNS, noise_model_rows, read_variance_note
+from fm2s import __version__
+from fm2s._provenance import (
+    NOISE_MODEL_COLUMNS,
+    noise_model_rows,
+    provenance,
+    read_variance_note,
+)
+from fm2s.ome import open_ome_zarr
 from fm2s.outputs import atomic_output
+from fm2s.stacks import open_stack
 
 __all__ = [
     "NOISE_ESTIMATOR",
@@ -213,7 +221,6 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any
 
 def _page(title: str, intro: str, sections: Sequence[tuple[str, str, str]]) -> str:
     """The whole page: a contents list linking to each ``(id, heading, body)`` section."""
-    from fm2s import __version__
 
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     toc = "".join(f'<li><a href="#{i}">{_esc(h)}</a></li>' for i, h, _ in sections)
@@ -343,9 +350,6 @@ def _projection(read, keys: Sequence[tuple[int, int, int]]) -> np.ndarray:
 def _stack_section(name: str, source: Path, store: Path, *, series: int, pages_as: str,
                    noise_planes: int, zoom: int,
                    job_benchmarks: Sequence[Path]) -> tuple[str, dict[str, Any]]:
-    from fm2s._provenance import provenance
-    from fm2s.ome import open_ome_zarr
-    from fm2s.stacks import open_stack
 
     record = provenance(store)
     levels, _ = open_ome_zarr(store)
@@ -565,7 +569,6 @@ def write_run_report(
     ValueError
         A store whose shape differs from its input's.
     """
-    from fm2s._provenance import provenance
 
     if noise_planes < 1 or zoom < 4:
         msg = f"noise_planes must be >= 1 and zoom >= 4, got {noise_planes!r} and {zoom!r}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .chunks import scan_folder, stack_name
+from .inputs import scan_folder, stack_name
 from .settings import Settings, make_settings
 
 __all__ = [

@@ -184,7 +184,7 @@ class Settings:
         Side, in pixels, of the tiles over which the ``sure-nlm`` and ``sure-nlm-wiener``
         blends choose their weights on planes whose noise is white (``noise_corr`` 0): SURE
         per tile, the weights interpolated between tile centres
-        (:func:`fm2s.denoise.sure_weight_maps`). 0: one set of weights per plane, as always
+        (:func:`fm2s.blend.sure_weight_maps`). 0: one set of weights per plane, as always
         on correlated noise.
     group_size : int
         In a stack, planes per shared network (:mod:`fm2s.engine`): consecutive planes of one

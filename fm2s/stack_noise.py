@@ -326,7 +326,7 @@ class StackNoise:
     """The noise models of a stack's channels, fitted the first time a channel is asked for.
 
     Call it with a plane's ``(t, c, z)`` to get the :class:`Segment` whose model that plane
-    uses (the ``noise_reference`` of :func:`fm2s.denoise.prepare_plane`). The planes pooled
+    uses (the ``noise_reference`` of :func:`fm2s.prepare.prepare_plane`). The planes pooled
     depend on the stack's plane indices only, so every job of a split stack fits the same
     models.
 
@@ -374,7 +374,7 @@ def provenance_record(models: dict[str, Any], plane_infos: dict[str, Any]) -> di
     models : dict
         :meth:`StackNoise.record` (merged over jobs).
     plane_infos : dict
-        ``"t,c,z"`` to the ``info`` of that plane's :class:`fm2s.denoise.PlaneResult`.
+        ``"t,c,z"`` to the ``info`` of that plane's :class:`fm2s.prepare.PlaneResult`.
 
     Returns
     -------

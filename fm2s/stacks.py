@@ -1,21 +1,10 @@
 """Open microscopy stacks lazily as 5D ``(t, c, z, y, x)`` dask arrays.
 
-Formats (chosen from the path; see ``docs/stack-io.md``):
-
-========================  ===============================  ====================
-path                      read as                          ``metadata.format``
-========================  ===============================  ====================
-``*.ome.tif[f]``          OME-TIFF, one series at a time   ``"ome-tiff"``
-``*.tif[f]`` (ImageJ)     ImageJ hyperstack (T, Z, C, S)   ``"imagej-tiff"``
-``*.tif[f]`` (other)      plain TIFF, pages as z or t      ``"tiff"``
-``*.png``                 single plane (RGB -> c)          ``"png"``
-``*.zarr`` or Zarr group  OME-Zarr NGFF 0.4 / 0.5, level 0 ``"ome-zarr"``
-folder of TIFF/PNG files  one time point per file          ``"tiff-series"``
-``*.czi``                 Zeiss CZI, one scene at a time   ``"czi"``
-``*.nd2``                 Nikon ND2, one position          ``"nd2"``
-``*.lif``                 Leica LIF, one image             ``"lif"``
-``*.oib``, ``*.oif``      Olympus FluoView                 ``"oib"``, ``"oif"``
-========================  ===============================  ====================
+Formats: :data:`INPUT_FORMATS` (one row per format: name, suffixes, what is read), each read
+by its reader in :data:`READERS` (the :class:`StackSource` interface); ``docs/stack-io.md``
+describes them. ``metadata.format`` says more precisely what was found: ``"ome-tiff"``,
+``"imagej-tiff"``, ``"tiff"``, ``"png"``, ``"ome-zarr"``, ``"tiff-series"``, ``"czi"``,
+``"nd2"``, ``"lif"``, ``"oib"``, ``"oif"``.
 
 The vendor formats need the ``vendor`` extra (:mod:`fm2s._vendor`).
 
@@ -36,9 +25,10 @@ message starts with the offending path.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 import dask.array as da
 import numpy as np
@@ -46,24 +36,26 @@ from dask.base import tokenize
 
 from fm2s import _ngff, _readers, _vendor
 from fm2s._stack_types import (
-    PNG_SUFFIXES,
-    TIFF_SUFFIXES,
-    ZARR_MARKERS,
+    INPUT_FORMATS,
     AxisMap,
     PlaneKey,
     StackError,
     StackMetadata,
     StackNotFoundError,
     frame_number,
+    input_format,
 )
 
 __all__ = [
+    "INPUT_FORMATS",
+    "READERS",
     "AxisMap",
     "PlaneKey",
     "Stack",
     "StackError",
     "StackMetadata",
     "StackNotFoundError",
+    "StackSource",
     "frame_number",
     "list_planes",
     "open_stack",
@@ -82,7 +74,13 @@ class Stack:
 
     data: da.Array
     metadata: StackMetadata
-    _source: Any = field(repr=False)
+    _source: StackSource = field(repr=False)
+
+    @property
+    def axes(self) -> AxisMap:
+        """How the input's own axes map onto ``(t, c, z, y, x)``: ``axes.select(t, c, z)``
+        indexes one plane in an array of the input's shape (``metadata.shape_found``)."""
+        return self._source.axes
 
     def plane_keys(self) -> list[PlaneKey]:
         """All plane keys in ``(t, c, z)`` order."""
@@ -255,27 +253,46 @@ def read_plane(
 # -- dispatch and the dask adaptor -----------------------------------------
 
 
-def _open_source(path: Path, *, series: int, pages_as: str):
+class StackSource(Protocol):
+    """The reader interface: what every reader of :data:`READERS` gives a :class:`Stack`.
+
+    A reader is constructed as ``Reader(path, series=..., pages_as=...)``, reads the file's
+    headers (no pixels) and raises :class:`StackError` naming the path on any problem.
+    """
+
+    metadata: StackMetadata  # shape (t, c, z, y, x), dtype, axes as found, sizes, channels
+    axes: AxisMap  # how the file's own axes map onto (t, c, z, y, x)
+
+    def read(self, t: int, c: int, z: int) -> np.ndarray:
+        """One ``(y, x)`` plane, touching only its bytes."""
+
+    def close(self) -> None:
+        """Release the file."""
+
+
+#: Input format name (:data:`fm2s._stack_types.INPUT_FORMATS`) -> its reader.
+READERS: dict[str, Callable[..., StackSource]] = {
+    "ome-zarr": _ngff.NgffSource,
+    "tiff": _readers.TiffSource,
+    "png": _readers.PngSource,
+    "folder": _readers.FolderSource,
+    **{name: _vendor.open_vendor for name in ("czi", "nd2", "lif", "oib", "oif")},
+}
+
+
+def _open_source(path: Path, *, series: int, pages_as: str) -> StackSource:
     if not path.exists():
         msg = f"{path}: no such file or folder"
         raise StackNotFoundError(msg)
-    name = path.name.lower()
-    if path.is_dir():
-        if name.endswith(".zarr") or any((path / m).exists() for m in ZARR_MARKERS):
-            return _ngff.NgffSource(path, series=series, pages_as=pages_as)
-        return _readers.FolderSource(path, series=series, pages_as=pages_as)
-    if name.endswith(TIFF_SUFFIXES):
-        return _readers.TiffSource(path, series=series, pages_as=pages_as)
-    if name.endswith(PNG_SUFFIXES):
-        return _readers.PngSource(path, series=series, pages_as=pages_as)
-    if _vendor.vendor_format(path):
-        return _vendor.open_vendor(path, series=series, pages_as=pages_as)
-    msg = (
-        f"{path}: unsupported file type {path.suffix!r}; expected a TIFF (.tif, .tiff, "
-        ".ome.tif), a PNG, an OME-Zarr store (.zarr), a folder of TIFF files or a "
-        "microscope's own file (.czi, .nd2, .lif, .oib, .oif)"
-    )
-    raise StackError(msg)
+    fmt = input_format(path)
+    if fmt is None:
+        msg = (
+            f"{path}: unsupported file type {path.suffix!r}; expected a TIFF (.tif, .tiff, "
+            ".ome.tif), a PNG, an OME-Zarr store (.zarr), a folder of TIFF files or a "
+            "microscope's own file (.czi, .nd2, .lif, .oib, .oif)"
+        )
+        raise StackError(msg)
+    return READERS[fmt.name](path, series=series, pages_as=pages_as)
 
 
 def _read_checked(source, key: PlaneKey, path: str) -> np.ndarray:

@@ -7,6 +7,7 @@ import torch
 from scipy import ndimage
 
 import fm2s
+from fm2s.blend import SURE_EPS, sure_weight, sure_weight_maps, sure_weights
 from fm2s.classical import (
     WIENER_PATCH,
     dct_noise_variance,
@@ -16,7 +17,6 @@ from fm2s.classical import (
     vst_nlm,
     vst_wiener,
 )
-from fm2s.denoise import SURE_EPS, sure_weight, sure_weight_maps, sure_weights
 from fm2s.noise import correlated_normal, lowfreq_gain
 from fm2s.synthetic import clean_plane
 
@@ -270,7 +270,7 @@ def test_tile_weights_suit_each_region_of_a_mixed_plane():
 def test_tile_weights_are_each_tiles_own_least_risk_point():
     """All tiles are solved at once; each gets the weights it would get alone, degenerate
     ones included (no noise, candidates equal to the input, two equal candidates)."""
-    from fm2s.denoise import _least_risk_weights
+    from fm2s.blend import _least_risk_weights
 
     rng = np.random.default_rng(2)
     k, count = 3, 40
@@ -303,8 +303,7 @@ def test_sure_nlm_blend_denoises_and_reports_its_weights():
 
     truth = 255 * clean_plane((64, 64), seed=1)
     noisy = noisy_plane(clean_plane((64, 64), seed=1), photons=20, seed=2)
-    result = fm2s.denoise(noisy, steps=40, crop_size=48, device="cpu", blend="sure-nlm",
-                          return_info=True)
+    result = fm2s.denoise_result(noisy, steps=40, crop_size=48, device="cpu", blend="sure-nlm")
     weights = [result.info[k] for k in ("blend", "blend_nlm", "blend_guided_nlm")]
     assert min(weights) >= 0 and sum(weights) <= 1 + 1e-6
     assert result.info["settings"]["blend"] == "sure-nlm"
@@ -362,14 +361,14 @@ def test_the_wiener_refinement_runs_on_white_noise_only():
 
     truth = 255 * clean_plane((64, 64), seed=1)
     noisy = noisy_plane(clean_plane((64, 64), seed=1), photons=20, seed=2)
-    kwargs = dict(steps=40, crop_size=48, device="cpu", return_info=True)
-    refined = fm2s.denoise(noisy, **kwargs)
+    kwargs = dict(steps=40, crop_size=48, device="cpu")
+    refined = fm2s.denoise_result(noisy, **kwargs)
     assert refined.info["settings"]["blend"] == "sure-nlm-wiener"  # auto's default
     assert refined.info["wiener"] is True
-    blended = fm2s.denoise(noisy, blend="sure-nlm", **kwargs)
+    blended = fm2s.denoise_result(noisy, blend="sure-nlm", **kwargs)
     assert "wiener" not in blended.info
     assert psnr(truth, refined.image.astype(float)) > psnr(truth, blended.image.astype(float))
-    correlated = fm2s.denoise(noisy, noise_corr=0.8, **kwargs)
+    correlated = fm2s.denoise_result(noisy, noise_corr=0.8, **kwargs)
     assert correlated.info["wiener"] is False
 
 
@@ -378,17 +377,17 @@ def test_blend_weights_are_chosen_per_tile_on_white_noise_only():
 
     truth = 255 * clean_plane((64, 64), seed=1)
     noisy = noisy_plane(clean_plane((64, 64), seed=1), photons=20, seed=2)
-    kwargs = dict(steps=40, crop_size=48, device="cpu", return_info=True)
-    tiled = fm2s.denoise(noisy, **kwargs)
+    kwargs = dict(steps=40, crop_size=48, device="cpu")
+    tiled = fm2s.denoise_result(noisy, **kwargs)
     assert tiled.info["sure_tile"] == 32  # auto's default
-    whole = fm2s.denoise(noisy, sure_tile=0, **kwargs)
+    whole = fm2s.denoise_result(noisy, sure_tile=0, **kwargs)
     assert whole.info["sure_tile"] == 0
     assert not np.array_equal(tiled.image, whole.image)
     for result in (tiled, whole):
         weights = [result.info[k] for k in ("blend", "blend_nlm", "blend_guided_nlm")]
         assert min(weights) >= 0 and sum(weights) <= 1 + 1e-6
         assert psnr(truth, result.image.astype(float)) > psnr(truth, noisy.astype(float)) + 3.0
-    correlated = fm2s.denoise(noisy, noise_corr=0.8, **kwargs)
+    correlated = fm2s.denoise_result(noisy, noise_corr=0.8, **kwargs)
     assert correlated.info["sure_tile"] == 0
     # A correlated model misses part of the noise: none of the input is kept.
     weights = [correlated.info[k] for k in ("blend", "blend_nlm", "blend_guided_nlm")]

@@ -2,13 +2,10 @@ import numpy as np
 import pytest
 
 import fm2s
-from fm2s.denoise import (
-    denoise_planes,
-    iter_denoise_planes,
-    plane_seed,
-    resolve_device,
-    training_boost,
-)
+from fm2s.denoise import denoise_planes, iter_denoise_planes
+from fm2s.devices import resolve_device
+from fm2s.intensity import training_boost
+from fm2s.prepare import plane_seed
 from fm2s.settings import make_settings
 
 
@@ -168,8 +165,23 @@ def test_resolve_device():
 
 
 def test_settings_and_overrides_are_exclusive(plane8):
-    with pytest.raises(ValueError, match="either settings or overrides"):
+    with pytest.raises(ValueError, match="either settings or k_g, not both"):
         fm2s.denoise(plane8, settings=make_settings(), k_g=3)
+
+
+@pytest.mark.parametrize("given", [{"preset": "confocal"}, {"recipe": "v2"}])
+def test_settings_refuse_a_preset_or_recipe(plane8, given):
+    with pytest.raises(ValueError, match=f"either settings or {next(iter(given))}"):
+        fm2s.denoise(plane8, settings=make_settings(), **given)
+
+
+def test_return_info_is_deprecated_for_denoise_result(plane8):
+    options = dict(steps=5, crop_size=16, device="cpu", threads=1)
+    with pytest.warns(DeprecationWarning, match="denoise_result"):
+        old = fm2s.denoise(plane8, return_info=True, **options)
+    new = fm2s.denoise_result(plane8, **options)
+    np.testing.assert_array_equal(old.image, new.image)
+    assert old.info == new.info
 
 
 def test_more_keys_than_planes_is_an_error(plane8, tiny_settings):

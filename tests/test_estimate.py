@@ -236,7 +236,7 @@ def test_auto_denoise_never_nan_on_degenerate_planes(kind):
         "sparse": np.pad(np.ones((2, 2), np.uint8) * 3, 19),
         "float": np.linspace(0, 1, 1600, dtype=np.float32).reshape(40, 40),
     }[kind]
-    result = fm2s.denoise(plane, preset="auto", device="cpu", return_info=True, **FAST)
+    result = fm2s.denoise_result(plane, preset="auto", device="cpu", **FAST)
     assert result.image.dtype == plane.dtype and result.image.shape == plane.shape
     assert np.isfinite(result.image.astype(np.float64)).all()
     json.dumps(result.info, allow_nan=False)  # finite, JSON-able info
@@ -244,8 +244,7 @@ def test_auto_denoise_never_nan_on_degenerate_planes(kind):
 
 def test_auto_denoise_info_and_determinism(clean):
     noisy = make_noisy(clean[:64, :64], 40, 0.01, dtype=np.uint8)
-    first = fm2s.denoise(noisy, preset="auto", seed=3, device="cpu", threads=1,
-                         return_info=True, **FAST)
+    first = fm2s.denoise_result(noisy, preset="auto", seed=3, device="cpu", threads=1, **FAST)
     again = fm2s.denoise(noisy, preset="auto", seed=3, device="cpu", threads=1, **FAST)
     np.testing.assert_array_equal(first.image, again)
     info = first.info
@@ -290,9 +289,10 @@ def test_auto_recorded_in_provenance_and_independent_of_chunking(tmp_path):
     import tifffile
 
     from fm2s._provenance import format_provenance, provenance
-    from fm2s.chunks import assemble_chunks, denoise_chunk, plan_jobs, synthetic_stack, train_groups
+    from fm2s.jobs import assemble_chunks, denoise_chunk, plan_jobs, train_groups
     from fm2s.ome import open_ome_zarr
     from fm2s.pipeline import denoise_stack
+    from fm2s.synthetic import synthetic_stack
 
     source = tmp_path / "cells.ome.tif"
     tifffile.imwrite(source, synthetic_stack(1, 2, 3, 32, seed=5), ome=True,

@@ -47,8 +47,8 @@ PARAMS = {
 
 
 @pytest.mark.parametrize(("script", "patch", "output"), [
-    ("assemble_ome_zarr.py", "fm2s.chunks.assemble_chunks", "x.denoised.ome.zarr"),
-    ("reformat_ome_zarr.py", "fm2s.chunks.reformat_store", "x.denoised.ome.zarr"),
+    ("assemble_ome_zarr.py", "fm2s.jobs.assemble_chunks", "x.denoised.ome.zarr"),
+    ("reformat_ome_zarr.py", "fm2s.jobs.reformat_store", "x.denoised.ome.zarr"),
     ("qc_report.py", "fm2s.report.write_run_report", "qc/report.html"),
 ])  # fmt: skip
 def test_a_full_disk_in_a_job_is_one_line_in_its_log(tmp_path, script, patch, output):

@@ -39,8 +39,8 @@ def test_a_name_whose_temporary_does_not_fit_is_refused_before_any_work(
 ):
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, ZYX)
-    monkeypatch.setattr("fm2s.engine.denoise_stack_planes", lambda *a, **k: 1 / 0)
-    monkeypatch.setattr("fm2s.engine.train_stack", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("fm2s.pipeline.denoise_stack_planes", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("fm2s.jobs.train_stack", lambda *a, **k: 1 / 0)
     name = "b" + longest_name(tmp_path, suffix)  # one byte too long, well below NAME_MAX
     assert len(name) < name_max(tmp_path)
     assert main(["-q", "denoise", str(src), str(tmp_path / name), *TINY]) == 2

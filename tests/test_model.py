@@ -52,13 +52,14 @@ def test_turn_average_is_the_mean_of_the_plane_and_its_half_turn():
 
 
 def _members(planes, settings, keys):
-    from fm2s.denoise import prepare_plane
+    from fm2s.prepare import prepare_plane
 
     return [prepare_plane(p, settings, k) for p, k in zip(planes, keys, strict=True)]
 
 
 def _train_apply(prepared, pack):
-    from fm2s.denoise import TrainingUnit, apply_network, plane_seed, train_networks
+    from fm2s.networks import TrainingUnit, apply_network, train_networks
+    from fm2s.prepare import plane_seed
 
     cpu = torch.device("cpu")
     units = [TrainingUnit((p,), plane_seed(0, p.key)) for p in prepared]
@@ -85,7 +86,7 @@ def test_grouped_training_matches_training_alone(plane8):
 def test_grouped_planes_of_different_boosts_match_training_alone(plane8):
     """12-bit planes in uint16 whose peaks sit in different powers of two train at different
     boosts; a group must split by boost and give each plane what it gets alone, blend included."""
-    from fm2s.denoise import training_boost
+    from fm2s.intensity import training_boost
     from fm2s.settings import make_settings
 
     settings = make_settings("auto", steps=4, crop_size=24, batch_size=2, precision="float32",
@@ -124,9 +125,9 @@ def test_a_stack_applied_in_batches_gets_the_pixels_of_plane_by_plane(monkeypatc
     """engine.apply_model with the CUDA batching (forced on the CPU) against one plane at a
     time: same networks chosen, blend weights and pixels (within float rounding)."""
     import fm2s.engine as engine
-    from fm2s.chunks import write_synthetic_stack
     from fm2s.settings import make_settings
     from fm2s.stacks import open_stack
+    from fm2s.synthetic import write_synthetic_stack
 
     path = write_synthetic_stack(tmp_path / "s.ome.tif", t=3, c=2, z=2, size=48, seed=1)
     settings = make_settings("auto", steps=4, crop_size=24, batch_size=2, precision="float32")
@@ -148,9 +149,9 @@ def test_a_stack_denoised_group_by_group_reads_each_plane_once(tmp_path):
     """denoise_stack_planes trains on a group's planes and applies its network to the same
     planes: read once, with the pixels of train_stack followed by apply_model."""
     import fm2s.engine as engine
-    from fm2s.chunks import write_synthetic_stack
     from fm2s.settings import make_settings
     from fm2s.stacks import open_stack
+    from fm2s.synthetic import write_synthetic_stack
 
     path = write_synthetic_stack(tmp_path / "s.ome.tif", t=2, c=2, z=2, size=40, seed=3)
     settings = make_settings("confocal", steps=4, crop_size=24, batch_size=2,

@@ -110,7 +110,7 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys, monkey
     tifffile.imwrite(src, stack(2))
     (tmp_path / "file").write_text("")
     # Any denoising would fail: the refusal must come first.
-    monkeypatch.setattr("fm2s.engine.denoise_stack_planes", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("fm2s.pipeline.denoise_stack_planes", lambda *a, **k: 1 / 0)
     settings = ["--save-settings", str(tmp_path / "file/s.json")]
     for output, extra in ((tmp_path / "file/out.tif", []), (tmp_path / "file/out.ome.zarr", []),
                           (tmp_path / "ok.tif", settings)):
@@ -231,11 +231,11 @@ def test_bad_tiffs_and_odd_requests_get_clear_messages(tmp_path, capfd, caplog):
 
 
 def test_an_input_changed_while_read_gives_no_output(tmp_path, monkeypatch, capsys):
-    import fm2s.engine
+    import fm2s.pipeline
 
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, stack(3), photometric="minisblack")
-    original = fm2s.engine.denoise_stack_planes
+    original = fm2s.pipeline.denoise_stack_planes
 
     def rewritten_meanwhile(*args, **kwargs):
         for n, item in enumerate(original(*args, **kwargs)):
@@ -243,7 +243,7 @@ def test_an_input_changed_while_read_gives_no_output(tmp_path, monkeypatch, caps
                 tifffile.imwrite(src, stack(3)[::-1], photometric="minisblack")
             yield item
 
-    monkeypatch.setattr(fm2s.engine, "denoise_stack_planes", rewritten_meanwhile)
+    monkeypatch.setattr(fm2s.pipeline, "denoise_stack_planes", rewritten_meanwhile)
     for out in ("out.tif", "out.ome.zarr"):
         assert main(["-q", "denoise", str(src), str(tmp_path / out), *TINY]) == 2
         assert f"{src}: changed while being read" in capsys.readouterr().err

@@ -12,13 +12,14 @@ from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
 from fm2s._provenance import provenance
-from fm2s.denoise import PlaneResult, denoise_planes
+from fm2s.denoise import denoise_planes
 from fm2s.ome import OutputExistsError, open_ome_zarr, write_ome_zarr
 from fm2s.pipeline import denoise_array, denoise_stack
+from fm2s.prepare import PlaneResult
 from fm2s.settings import make_settings
 from fm2s.stacks import StackError, open_stack
 
-STACK_ENGINE = importlib.import_module("fm2s.engine")
+STACK_PIPELINE = importlib.import_module("fm2s.pipeline")
 RNG = np.random.default_rng(2)
 NOISY = RNG.poisson(200.0, size=(1, 2, 2, 32, 32)).astype(np.uint16)
 
@@ -76,12 +77,11 @@ def test_denoise_stack_end_to_end(tmp_path, tiny):
     assert record["device"] == "cpu" and record["started"] <= record["finished"]
 
 
-def fake_engine(stack, settings, *, on_plane, **kwargs):
+def fake_engine(stack, settings, **kwargs):
     """Stands in for the engine: yields each plane back as soon as it is read."""
     for key in stack.plane_keys():
         plane = stack.read_plane(key)
-        on_plane(key, plane)
-        yield key, PlaneResult(np.array(plane), 0.0, 0, key, 1.0)
+        yield key, PlaneResult(np.array(plane), 0.0, 0, key, 1.0, input_sha256="0" * 64)
 
 
 def test_an_array_in_memory_gives_the_pixels_of_the_same_stack_in_a_file(tmp_path, tiny):
@@ -101,7 +101,7 @@ def test_memory_stays_at_a_few_planes(tmp_path, monkeypatch, tiny):
     stack = RNG.integers(0, 4000, size=(128, 256, 256), dtype=np.uint16)  # 16 MiB
     source = tmp_path / "big.tif"
     tifffile.imwrite(source, stack, imagej=True, metadata={"axes": "ZYX"})
-    monkeypatch.setattr(STACK_ENGINE, "denoise_stack_planes", fake_engine)
+    monkeypatch.setattr(STACK_PIPELINE, "denoise_stack_planes", fake_engine)
     tracemalloc.start()
     try:
         out = denoise_stack(
@@ -146,7 +146,7 @@ def test_output_checks_come_before_any_denoising(tmp_path, tiny, monkeypatch):
     def no_engine(*args, **kwargs):
         raise AssertionError("denoising started")
 
-    monkeypatch.setattr(STACK_ENGINE, "denoise_stack_planes", no_engine)
+    monkeypatch.setattr(STACK_PIPELINE, "denoise_stack_planes", no_engine)
     source = write_source(tmp_path / "in.ome.tif")
     existing = tmp_path / "exists.ome.zarr"
     existing.mkdir()

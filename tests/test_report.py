@@ -16,13 +16,12 @@ import pytest
 from conftest import skip_unless_in_ci
 from PIL import Image
 
-from fm2s.chunks import write_synthetic_stack
 from fm2s.cli import main
 from fm2s.pipeline import denoise_stack
 from fm2s.planeio import write_image
 from fm2s.report import noise_sigma, pick_region, plot_before_after, write_run_report
 from fm2s.settings import make_settings
-from fm2s.synthetic import clean_plane, noisy_plane
+from fm2s.synthetic import clean_plane, noisy_plane, write_synthetic_stack
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"steps": 2, "crop_size": 16, "batch_size": 1}

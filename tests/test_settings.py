@@ -79,7 +79,7 @@ def test_parse_overrides_reads_json_and_plain_strings():
 def test_steps_is_the_step_count_of_every_network_shared_or_not():
     """--set steps=N trains every network N steps: a group's shared one too, not N per plane
     up to group_samples (3,000)."""
-    from fm2s.denoise import unit_samples
+    from fm2s.networks import unit_samples
 
     settings = make_settings(steps=60)
     assert settings.group_samples == 60

@@ -138,7 +138,7 @@ def test_frames_of_one_movie_get_one_noise_class():
 def test_float_planes_of_different_scales_share_one_network():
     # float planes brighter than 1 are each divided by their own maximum; one camera's planes
     # still share one noise model (in DN) and one network, trained on the brightest's scale
-    from fm2s.denoise import resolve_device
+    from fm2s.devices import resolve_device
     from fm2s.engine import denoise_stack_planes
     from fm2s.settings import make_settings
     from fm2s.stacks import stack_from_array

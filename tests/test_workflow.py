@@ -25,10 +25,10 @@ pytest.importorskip("snakemake", reason="the workflow needs pip install -e '.[wo
 import yaml  # noqa: E402  (a dependency of snakemake)
 
 from fm2s._provenance import PLANES_GROUP, provenance  # noqa: E402
-from fm2s.chunks import synthetic_stack  # noqa: E402
 from fm2s.ome import open_ome_zarr, write_ome_zarr  # noqa: E402
 from fm2s.pipeline import denoise_stack  # noqa: E402
 from fm2s.settings import make_settings  # noqa: E402
+from fm2s.synthetic import synthetic_stack  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"steps": 2, "crop_size": 16, "batch_size": 1}

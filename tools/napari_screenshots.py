@@ -14,7 +14,7 @@ Writes, in docs/images (or ``--output``):
 * ``napari-before-after.png``: that plane, raw and denoised, with a zoom
   (:func:`fm2s.report.plot_before_after`);
 * ``napari-stack.png``: the widget on a small version of the workflow's demo stack
-  (:func:`fm2s.chunks.synthetic_stack`, axes ``tczyx``).
+  (:func:`fm2s.synthetic.synthetic_stack`, axes ``tczyx``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from fm2s.chunks import synthetic_stack
 from fm2s.napari_widget import DenoiseWidget
 from fm2s.report import plot_before_after
+from fm2s.synthetic import synthetic_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 FMD_PLANE = ROOT.parent / "shared/data/fmd/test_mix/raw/Confocal_BPAE_B_1.png"

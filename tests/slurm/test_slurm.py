@@ -29,8 +29,8 @@ pytest.importorskip("snakemake_executor_plugin_slurm", reason="needs pip install
 import yaml  # noqa: E402  (a dependency of snakemake)
 from conftest import skip_unless_in_ci  # noqa: E402
 
-from fm2s.chunks import synthetic_stack  # noqa: E402
 from fm2s.ome import write_ome_zarr  # noqa: E402
+from fm2s.synthetic import synthetic_stack  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 

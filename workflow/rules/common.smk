@@ -1,6 +1,6 @@
 # Shared by every rule: config validation, paths, and the values that reach rules as params.
 # Which inputs and settings a run has (fm2s.runconfig), how a stack is split into training and
-# denoise jobs (fm2s.chunks.plan_jobs) and the jobs' work itself are in fm2s.
+# denoise jobs (fm2s.jobs.plan_jobs) and the jobs' work itself are in fm2s.
 
 import functools
 import os.path
@@ -17,7 +17,8 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 
 import fm2s  # noqa: E402
-from fm2s.chunks import JobPlan, input_stamp, plan_jobs  # noqa: E402
+from fm2s.inputs import input_stamp  # noqa: E402
+from fm2s.jobs import JobPlan, plan_jobs  # noqa: E402
 from fm2s.runconfig import (  # noqa: E402
     STORE_SUFFIX,
     ConfigError,
@@ -113,7 +114,7 @@ def source_input(wildcards):
 
 @functools.cache
 def job_plan(name):
-    """Groups, training jobs and chunks of an input (fm2s.chunks.JobPlan), from its headers.
+    """Groups, training jobs and chunks of an input (fm2s.jobs.JobPlan), from its headers.
     An input whose headers cannot be read gets one training job, which fails with the
     reader's error (logged here), while the other inputs go on."""
     if name == DEMO_NAME:

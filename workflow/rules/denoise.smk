@@ -1,6 +1,6 @@
 # Denoise, in two steps. train_groups: each job trains the networks of consecutive groups of
 # planes of a channel (fm2s.engine.plan_groups; at most planes_per_job planes in all, see
-# fm2s.chunks.JobPlan) into a model file, kept as an artifact.
+# fm2s.jobs.JobPlan) into a model file, kept as an artifact.
 # denoise_chunk: one job per chunk of planes_per_job consecutive planes, in (t, c, z) order,
 # applies the models of its planes' groups (inference only) and writes one chunk file
 # (temporary: removed once the store is assembled). Seeds come from the base seed and the

@@ -11,7 +11,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 
 from _job import one_line_errors  # noqa: E402
 
-from fm2s.chunks import assemble_chunks  # noqa: E402
+from fm2s.jobs import assemble_chunks  # noqa: E402
 from fm2s.settings import Settings  # noqa: E402
 
 p, output = snakemake.params, snakemake.config["output"]  # noqa: F821

@@ -1,4 +1,4 @@
-"""Rule denoise_chunk: `fm2s denoise-chunk` on one chunk of planes (see fm2s.chunks)."""
+"""Rule denoise_chunk: `fm2s denoise-chunk` on one chunk of planes (see fm2s.jobs)."""
 
 import sys
 from pathlib import Path

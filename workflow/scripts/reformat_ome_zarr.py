@@ -12,7 +12,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 
 from _job import one_line_errors  # noqa: E402
 
-from fm2s.chunks import reformat_store  # noqa: E402
+from fm2s.jobs import reformat_store  # noqa: E402
 from fm2s.outputs import atomic_output  # noqa: E402
 
 p, stamp = snakemake.params, Path(snakemake.output[0])  # noqa: F821

@@ -1,4 +1,4 @@
-"""Rule train_groups: `fm2s train-groups` on some groups of planes (fm2s.chunks.train_groups)."""
+"""Rule train_groups: `fm2s train-groups` on some groups of planes (fm2s.jobs.train_groups)."""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""fm2s.chunks: the workflow's per-chunk work, without Snakemake."""
+"""fm2s.jobs and fm2s.inputs: the workflow's per-job work and its inputs, without Snakemake."""
 
 import importlib
 import os
@@ -9,32 +9,29 @@ import pytest
 import tifffile
 import torch
 
-from fm2s import chunks
+from fm2s import devices, inputs
 from fm2s._provenance import provenance
-from fm2s.chunks import (
+from fm2s.cli import main
+from fm2s.devices import job_device
+from fm2s.inputs import input_stamp, scan_folder, stack_name
+from fm2s.jobs import (
     JobPlan,
     assemble_chunks,
     chunk_ranges,
     denoise_chunk,
-    input_stamp,
-    job_device,
     plan_jobs,
     read_chunk_index,
     reformat_store,
-    scan_folder,
-    stack_name,
-    synthetic_stack,
     train_groups,
-    write_synthetic_stack,
 )
-from fm2s.cli import main
-from fm2s.denoise import plane_seed
 from fm2s.ome import open_ome_zarr, write_ome_zarr
 from fm2s.pipeline import denoise_stack
+from fm2s.prepare import plane_seed
 from fm2s.settings import make_settings
 from fm2s.stacks import StackError, open_stack
+from fm2s.synthetic import synthetic_stack, write_synthetic_stack
 
-STACK_ENGINE = importlib.import_module("fm2s.engine")
+JOBS = importlib.import_module("fm2s.jobs")
 STACK = synthetic_stack(1, 2, 3, 32, seed=5)  # (t, c, z, y, x) uint16: 6 planes
 
 
@@ -102,7 +99,7 @@ def test_scan_folder_leaves_recent_growing_and_hidden_files(tmp_path, monkeypatc
         with open(tmp_path / "growing.tif", "ab") as fh:
             fh.write(b"more")
 
-    monkeypatch.setattr(chunks.time, "sleep", sleep)
+    monkeypatch.setattr(inputs.time, "sleep", sleep)
     ready, waiting = scan_folder(tmp_path, ["*.tif", "**/*.ome.tif", "*.zarr"], quiet_seconds=60,
                                  settle_seconds=0.5)
     assert ready == {"a": tmp_path / "a.tif", "c": store, "sub/b": tmp_path / "sub/b.ome.tif"}
@@ -125,7 +122,7 @@ def test_job_device_gives_cuda_only_to_jobs_with_a_gpu(tmp_path, monkeypatch, ca
             "support") in caplog.text
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(chunks, "_gpu_locks", [])
+    monkeypatch.setattr(devices, "_gpu_locks", [])
     assert job_device(environ={"SLURM_JOB_ID": "7", "CUDA_VISIBLE_DEVICES": "3,5"}) == "cuda:0"
     # outside SLURM, concurrent jobs claim different GPUs (lock files), then share the first
     env = {"CUDA_VISIBLE_DEVICES": "3,5"}
@@ -225,7 +222,7 @@ def test_assemble_refuses_mismatched_chunks(tmp_path, source, tiny):
     changed = STACK.copy()
     changed[0, 1, 2] += 1
     tifffile.imwrite(source, changed, ome=True, metadata={"axes": "TCZYX"})
-    with pytest.raises(StackError, match=r"plane t,c,z=0,1,2 changed since it was denoised"):
+    with pytest.raises(StackError, match=r"cells\.ome\.tif: changed since chunk .* was denoised"):
         assemble_chunks(source, [first, rest], out, settings=tiny)
     assert not out.exists()
 
@@ -246,8 +243,8 @@ def test_reformat_rewrites_levels_and_version_without_denoising(tmp_path, source
     out = assemble_chunks(source, [part], tmp_path / "out.ome.zarr", settings=tiny)
     before = open_ome_zarr(out)[0][0].compute()
     assert reformat_store(out, levels=3, ngff_version="0.4") is False
-    monkeypatch.setattr(STACK_ENGINE, "apply_model", None)  # nothing may denoise
-    monkeypatch.setattr(STACK_ENGINE, "train_stack", None)
+    monkeypatch.setattr(JOBS, "apply_model", None)  # nothing may denoise
+    monkeypatch.setattr(JOBS, "train_stack", None)
     assert reformat_store(out, levels=2, ngff_version="0.5", workflow={"config": {"x": 1}})
     levels, attrs = open_ome_zarr(out)
     assert attrs["version"] == "0.5" and len(levels) == 2
