@@ -134,8 +134,18 @@ class StackMetadata:
             f"found:     axes {self.axes_found} shape {list(self.shape_found)} {self.dtype}",
             f"planes:    {t * c * z} of {y} x {x} (t {t}, c {c}, z {z})",
         ]
-        names = ", ".join(map(str, self.channel_names)) if self.channel_names else "unknown"
-        lines.append(f"channels:  {names}")
+        names = list(self.channel_names or [None] * c)
+        colours = list(self.channel_colors or [None] * c)
+        windows = list(self.channel_windows or [None] * c)
+        if any(names) or any(colours) or any(windows):
+            for i, (name, colour, window) in enumerate(zip(names, colours, windows, strict=False)):
+                shown = [str(name) if name else f"channel {i}"]
+                shown += [f"colour #{colour}"] if colour else []
+                shown += [f"display {window[0]:g}-{window[1]:g}"] if window else []
+                label = "channels:" if i == 0 else ""
+                lines.append(f"{label:<11}{', '.join(shown)}")
+        else:
+            lines.append("channels:  unknown")
         sizes = [f"{a} {self.pixel_sizes[a]:.6g} {self.units.get(a) or ''}".rstrip()
                  for a in "zyx" if self.pixel_sizes.get(a)]  # fmt: skip
         lines.append(f"pixels:    {', '.join(sizes) if sizes else 'sizes unknown'}")

@@ -1,5 +1,5 @@
-"""The ``fm2s`` command line: denoise, train, demo, eval, info, report; synth, train-groups and
-denoise-chunk (workflow).
+"""The ``fm2s`` command line: denoise, train, demo, eval, info, report; synth, train-groups,
+denoise-chunk, assemble and reformat (the workflow's jobs, each one ``fm2s`` call).
 
 Errors in the input (missing or unreadable files, bad arrays, unknown presets) end with a one-line
 message naming the file and the problem, and exit code 2; nothing is written then.
@@ -428,11 +428,16 @@ def cmd_report(args) -> int:
     from .inputs import stack_name
     from .report import write_run_report
 
-    stores = {stack_name(store): store for store in args.stores}
+    names = args.names or [stack_name(store) for store in args.stores]
+    if len(names) != len(args.stores) or (args.sources and len(args.sources) != len(names)):
+        raise UsageError("give one --names and one --sources entry per store")
+    stores = dict(zip(names, args.stores, strict=True))
     if len(stores) < len(args.stores):
         raise UsageError("two stores have the same name; give them different names")
-    write_run_report(args.output, stores, series=args.series, pages_as=args.pages_as,
-                     noise_planes=args.noise_planes, zoom=args.zoom)
+    sources = dict(zip(names, args.sources, strict=True)) if args.sources else None
+    write_run_report(args.output, stores, sources=sources, series=args.series,
+                     pages_as=args.pages_as, noise_planes=args.noise_planes, zoom=args.zoom,
+                     job_benchmarks=args.benchmarks_json)
     log.info("wrote %s", args.output)
     return 0
 
@@ -488,8 +493,28 @@ def cmd_denoise_chunk(args) -> int:
     return 0
 
 
-def _add_job_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by the workflow's job verbs (train-groups, denoise-chunk)."""
+def cmd_assemble(args) -> int:
+    from .jobs import assemble_chunks
+
+    assemble_chunks(args.input, args.chunks, args.output, settings=_workflow_settings(args),
+                    seed=args.seed, series=args.series, pages_as=args.pages_as,
+                    data_range=args.data_range, levels=args.levels,
+                    ngff_version=args.ngff_version, tile=args.tile, workflow=args.workflow_json)
+    log.info("wrote %s", args.output)
+    return 0
+
+
+def cmd_reformat(args) -> int:
+    from .jobs import reformat_store
+
+    rewritten = reformat_store(args.store, levels=args.levels, ngff_version=args.ngff_version,
+                               tile=args.tile, workflow=args.workflow_json)
+    log.info("%s: %s", args.store, "rewritten" if rewritten else "already so, left as it is")
+    return 0
+
+
+def _add_stack_options(p: argparse.ArgumentParser) -> None:
+    """Options of the workflow's job verbs that say what a stack's result was made with."""
     p.add_argument("--settings-json", required=True, metavar="JSON",
                    help="complete settings as JSON text (Settings.to_json())")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
@@ -497,6 +522,21 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pages-as", choices=("z", "t"), default="z",
                    help="axis of the pages of a plain multi-page TIFF (default z)")
     p.add_argument("--data-range", type=float, default=None, help="intensity that maps to 1.0")
+
+
+def _add_store_options(p: argparse.ArgumentParser) -> None:
+    """Output options of the workflow's store verbs (assemble, reformat)."""
+    p.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
+    p.add_argument("--ngff-version", choices=("0.4", "0.5"), default="0.4",
+                   help="OME-Zarr version to write (default 0.4)")
+    p.add_argument("--tile", type=int, default=2048, help="largest chunk side (default 2048)")
+    p.add_argument("--workflow-json", type=json.loads, default=None, metavar="JSON",
+                   help="what the workflow records in the provenance (its config)")
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by the workflow's job verbs that denoise (train-groups, denoise-chunk)."""
+    _add_stack_options(p)
     p.add_argument("--device", default="auto", help="auto (default: CUDA only when the job was "
                    "given a GPU, see fm2s.devices.job_device), cpu, cuda or cuda:N")
     p.add_argument("--gpus", type=int, default=1, help="GPUs the job was given (its gpu "
@@ -615,6 +655,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-planes", type=int, default=48, help="planes per stack whose noise "
                    "is estimated, at most (default 48)")
     p.add_argument("--zoom", type=int, default=64, help="side of the zoomed crop (default 64)")
+    p.add_argument("--names", nargs="+", metavar="NAME", help="one name per store (default: "
+                   "the store's file name without its suffixes)")
+    p.add_argument("--sources", nargs="+", type=Path, metavar="INPUT", help="one input per "
+                   "store (default: the input its provenance records)")
+    p.add_argument("--benchmarks-json", type=json.loads, default=None, metavar="JSON",
+                   help="per store name, the Snakemake benchmark files of its jobs (the page "
+                   "adds their times)")
     p.set_defaults(func=cmd_report)
 
     p = add_verb("synth", help="write a synthetic noisy time-lapse z-stack (OME-TIFF)",
@@ -651,6 +698,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model files of the groups of these planes (fm2s train-groups)")
     _add_job_options(p)
     p.set_defaults(func=cmd_denoise_chunk)
+
+    p = add_verb("assemble", help="build a stack's OME-Zarr store from its chunks (workflow job)",
+                       description="Build the OME-Zarr store of SOURCE from the chunk files of "
+                       "fm2s denoise-chunk (lazily, with provenance); every plane must be in one "
+                       "chunk, denoised with these settings, seed and data range.")
+    p.add_argument("input", type=Path, metavar="SOURCE", help="the input stack")
+    p.add_argument("output", type=Path, metavar="STORE", help="the store to write (.ome.zarr)")
+    p.add_argument("--chunks", type=Path, nargs="+", required=True, metavar="CHUNK",
+                   help="chunk files (fm2s denoise-chunk)")
+    _add_stack_options(p)
+    _add_store_options(p)
+    p.set_defaults(func=cmd_assemble)
+
+    p = add_verb("reformat", help="rewrite a store with other output options (workflow job)",
+                       description="Rewrite an fm2s store with these pyramid levels, NGFF "
+                       "version and tile from its own full-resolution level (nothing is "
+                       "denoised); a store that has them already is left as it is.")
+    p.add_argument("store", type=Path, metavar="STORE")
+    _add_store_options(p)
+    p.set_defaults(func=cmd_reformat)
     return parser
 
 
@@ -713,6 +780,16 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+def _where(error: OSError, args) -> str:
+    """The file an OSError is about: the verb's output when the error names none or names a
+    file inside the output's hidden temporary (a path the user never gave)."""
+    output = getattr(args, "output", None) or getattr(args, "store", None)
+    name = error.filename
+    if name is None or (output is not None and "/." in f"/{name}" and ".tmp-" in str(name)):
+        return str(output)
+    return str(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -735,8 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout
         return 0
     except OSError as error:  # a full disk, a folder made read-only while running
-        where = error.filename or getattr(args, "output", None)
-        print(f"fm2s: error: {where}: {error.strerror or error}", file=sys.stderr)
+        print(f"fm2s: error: {_where(error, args)}: {error.strerror or error}", file=sys.stderr)
     except Terminated:
         print("fm2s: stopped by SIGTERM; no partial output was left", file=sys.stderr)
         return 128 + signal.SIGTERM

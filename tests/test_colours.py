@@ -95,6 +95,10 @@ def test_ome_tiff_colours_reach_the_store(tmp_path):
     channels, _ = store_of(source, tmp_path / "two.ome.zarr")
     assert [(c["label"], c["color"]) for c in channels] == [("LED555", "FF7E00"),
                                                             ("LED470", "00FF33")]  # fmt: skip
+    with open_stack(source) as stack:  # what `fm2s info` prints
+        lines = stack.metadata.describe()
+    assert "channels:  LED555, colour #FF7E00" in lines and "           LED470, colour #00FF33" \
+        in lines
 
 
 def test_ome_zarr_colours_and_windows_pass_through(tmp_path):

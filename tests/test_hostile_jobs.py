@@ -34,15 +34,17 @@ setattr(importlib.import_module(module), name, full)
 ns = lambda **kw: types.SimpleNamespace(**kw)
 snakemake = ns(
     scriptdir={scriptdir!r}, log=[spec["log"]], output=[spec["output"]],
-    input=ns(chunks=[], store=spec["output"]), config=spec["config"], params=ns(**spec["params"]),
+    input=ns(chunks=["a.npz"], store=spec["output"]), config=spec["config"],
+    params=ns(**spec["params"]),
 )
 runpy.run_path(spec["script"], init_globals={{"snakemake": snakemake}}, run_name="__main__")
 """
 OPTIONS = {"levels": 1, "ngff_version": "0.4", "tile": 64}
 PARAMS = {
     "source": "in.tif", "settings": make_settings().to_json(), "seed": 0, "series": 0,
-    "pages_as": "z", "data_range": None, "planes_per_job": 1, **OPTIONS, "stores": {},
-    "sources": {}, "noise_planes": 1, "zoom": 4, "job_benchmarks": {},
+    "pages_as": "z", "data_range": None, "planes_per_job": 1, **OPTIONS,
+    "stores": {"x": "x.denoised.ome.zarr"}, "sources": {"x": "in.tif"}, "noise_planes": 1,
+    "zoom": 4, "job_benchmarks": {},
 }  # fmt: skip
 
 

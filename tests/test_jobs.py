@@ -180,7 +180,8 @@ def test_job_plan_trains_whole_groups_and_names_each_chunk_its_models():
     assert len(alone.groups) == 24 and alone.trainings == [list(range(16)), list(range(16, 24))]
 
 
-def test_a_model_of_other_settings_or_version_is_refused(tmp_path, source, tiny):
+def test_a_model_of_other_settings_or_version_is_refused(tmp_path, source, tiny, monkeypatch):
+    from fm2s import engine
     from fm2s.engine import ModelError, StackModel
 
     models = train_models(source, tmp_path, tiny)
@@ -189,15 +190,10 @@ def test_a_model_of_other_settings_or_version_is_refused(tmp_path, source, tiny)
     with pytest.raises(ModelError, match="model trained with settings"):
         denoise_chunk(source, tmp_path / "c.npz", settings=tiny.replace(k_g=1.0), models=models)
     model = StackModel.load(models[0])
-    import fm2s
-
-    original = fm2s.__version__
-    try:
-        fm2s.__version__ = "9.9.9"
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "__version__", "9.9.9")
         with pytest.raises(ModelError, match=r"made by fm2s .*, this is fm2s 9\.9\.9"):
             StackModel.load(models[0])
-    finally:
-        fm2s.__version__ = original
     assert model.planes["0,0,0"]["network"] == "group-0"
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ModelError, match="junk.npz: not an fm2s model file"):

@@ -179,7 +179,7 @@ def test_cli_store_carries_channels_pixel_sizes_and_time(shared_data, tmp_path):
     assert denoised.std() > 0
     info = subprocess.run([sys.executable, "-m", "fm2s", "info", str(out)], check=True,
                           capture_output=True, text=True).stdout
-    assert "[nd2, series 0]" in info and "channels:  GFP 488 nm" in info
+    assert "[nd2, series 0]" in info and "channels:  GFP 488 nm, colour #07FF00" in info
     assert "time step: 0.50016 second" in info
     _, attrs = open_ome_zarr(out)
     assert attrs[PROVENANCE_KEY]["input"]["format"] == "nd2"
