@@ -58,7 +58,7 @@ from fm2s._provenance import (
 )
 from fm2s.engine import Group, StackModel, apply_model, plan_groups, train_stack
 from fm2s.inputs import input_stamp
-from fm2s.ome import describe_output, open_ome_zarr, write_ome_zarr
+from fm2s.ome import describe_output, open_ome_zarr, store_axes, write_ome_zarr
 from fm2s.outputs import atomic_output
 from fm2s.pipeline import stack_job, write_planes
 from fm2s.prepare import plane_seed
@@ -425,7 +425,8 @@ def assemble_chunks(
     data = da.stack(planes).reshape(meta.shape)
     record = stack_provenance(
         settings=settings, seed=seed, metadata=meta, fingerprint=fingerprint,
-        output=describe_output(meta.shape, meta.dtype, ngff_version=ngff_version, levels=levels),
+        output=describe_output(meta.shape, meta.dtype, ngff_version=ngff_version, levels=levels,
+                               axes=store_axes(meta.shape, meta)),
         device=", ".join(sorted({i["device"] for i in infos})),
         started=min(i["started"] for i in infos), keys=keys,
         planes={key: {"seconds": index[key][1], "input_sha256": index[key][0],
@@ -476,8 +477,9 @@ def reformat_store(
     fields = dict(record["input"]["metadata"])
     fields["shape"], fields["shape_found"] = tuple(fields["shape"]), tuple(fields["shape_found"])
     meta = StackMetadata(**fields)
-    record["output"] = {**out, **describe_output(arrays[0].shape, out["dtype"],
-                                                 ngff_version=ngff_version, levels=levels)}
+    record["output"] = {**out, **describe_output(
+        arrays[0].shape, out["dtype"], ngff_version=ngff_version, levels=levels,
+        axes=store_axes(arrays[0].shape, meta))}
     record["workflow"] = {**flow, **dict(workflow or {}), "tile": tile,
                           "reformatted": {"at": utc_now(), "from": before}}
     logger.info("rewriting %s: %s -> %s", store, before, wanted)

@@ -52,6 +52,7 @@ __all__ = [
     "describe_output",
     "level_shapes",
     "open_ome_zarr",
+    "store_axes",
     "write_ome_zarr",
 ]
 
@@ -100,11 +101,27 @@ def level_shapes(shape: tuple[int, ...], levels: int) -> list[tuple[int, ...]]:
     return out
 
 
-def describe_output(shape, dtype, *, ngff_version: str, levels: int) -> dict[str, Any]:
-    """The ``output`` block of a provenance record: shape, dtype, NGFF version, pyramid."""
+def store_axes(shape: tuple[int, ...], metadata: StackMetadata | None = None) -> str:
+    """The axes of the store written for a ``(t, c, z, y, x)`` stack: all five, less ``t``
+    and ``z`` where the stack has one plane along them and the input gives no time step or
+    z spacing (a 2-D image gets ``cyx``: no scale is made up for an axis it does not have).
+    Without `metadata`, all five."""
+    if metadata is None:
+        return "tczyx"
+    sizes = metadata.pixel_sizes or {}
+    dropped = {"t"} if shape[0] == 1 and not metadata.time_step else set()
+    dropped |= {"z"} if shape[2] == 1 and not sizes.get("z") else set()
+    return "".join(a for a in "tczyx" if a not in dropped)
+
+
+def describe_output(shape, dtype, *, ngff_version: str, levels: int,
+                    axes: str = "tczyx") -> dict[str, Any]:
+    """The ``output`` block of a provenance record: the stored axes and shape (of the
+    ``(t, c, z, y, x)`` `shape`), dtype, NGFF version, pyramid."""
+    stored = tuple(n for a, n in zip("tczyx", shape, strict=True) if a in axes)
     return {
-        "shape": list(shape), "dtype": str(dtype), "ngff_version": ngff_version,
-        "levels": levels, "level_shapes": [list(s) for s in level_shapes(tuple(shape), levels)],
+        "axes": axes, "shape": list(stored), "dtype": str(dtype), "ngff_version": ngff_version,
+        "levels": levels, "level_shapes": [list(s) for s in level_shapes(stored, levels)],
     }  # fmt: skip
 
 
@@ -202,6 +219,8 @@ class OmeZarrWriter:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self.metadata = metadata
+        self.axes = store_axes(self.shape, metadata)
+        self._stored = [i for i, a in enumerate("tczyx") if a in self.axes]
         most = max_levels(self.shape)
         if levels > most:
             logger.warning("%s: %d pyramid levels asked, %d written: a %d x %d plane halves to "
@@ -245,9 +264,10 @@ class OmeZarrWriter:
         group = zarr.open_group(str(self.tmp_path), mode="w-", zarr_format=fmt.zarr_format)
         self._group = group
         datasets = []
-        for k, shape in enumerate(level_shapes(self.shape, self.levels)):
-            chunks = (1, 1, 1, min(shape[3], self.tile), min(shape[4], self.tile))
-            options: dict[str, Any] = {"dimension_names": list("tczyx")}
+        stored = tuple(self.shape[i] for i in self._stored)
+        for k, shape in enumerate(level_shapes(stored, self.levels)):
+            chunks = (1,) * (len(shape) - 2) + tuple(min(n, self.tile) for n in shape[-2:])
+            options: dict[str, Any] = {"dimension_names": list(self.axes)}
             if fmt.zarr_format == 2:
                 options = {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
             self._arrays.append(
@@ -262,6 +282,7 @@ class OmeZarrWriter:
                 )
             )
             scale = [*self._scale()[:3], *(s * 2**k for s in self._scale()[3:])]
+            scale = [scale[i] for i in self._stored]
             datasets.append(
                 {"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
             )
@@ -278,11 +299,14 @@ class OmeZarrWriter:
         meta = self.metadata
         axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}]
         axes += [{"name": a, "type": "space"} for a in "zyx"]
+        axes = [ax for ax in axes if ax["name"] in self.axes]
         if meta is None:
             return axes
         if meta.time_step and normalize_unit(meta.time_unit, time=True) in KNOWN_TEMPORAL_UNITS:
             axes[0]["unit"] = normalize_unit(meta.time_unit, time=True)
-        for ax in axes[2:]:
+        for ax in axes:
+            if ax["type"] != "space":
+                continue
             unit = normalize_unit((meta.units or {}).get(ax["name"]))
             if (meta.pixel_sizes or {}).get(ax["name"]) and unit in KNOWN_SPATIAL_UNITS:
                 ax["unit"] = unit
@@ -301,10 +325,11 @@ class OmeZarrWriter:
                 f"expected {self.shape[3:]} {self.dtype}"
             )
             raise ValueError(msg)
+        index = tuple(key[i] for i in self._stored if i < 3)
         for k, array in enumerate(self._arrays):
             if k:
                 plane = _downsample(plane)
-            array[key.t, key.c, key.z] = plane
+            array[index] = plane
             if k == 0:
                 self._update_range(key.c, plane)
         self._written.add(key)
@@ -433,11 +458,17 @@ def write_ome_zarr(
 def open_ome_zarr(path: str | Path, *, series: int = 0) -> tuple[list[da.Array], dict]:
     """Open every level of an OME-Zarr image as dask arrays, with its attributes.
 
-    Returns ``(levels, attrs)``: the arrays in multiscales order, and a dict with
+    Returns ``(levels, attrs)``: the arrays in multiscales order, each ``(t, c, z, y, x)``
+    (axes the store lacks have size 1), and a dict with
     ``"multiscales"`` (the image's entry), ``"omero"``, ``"version"`` and the
     fm2s provenance under ``"fm2s"`` (``None`` where absent).
     """
     group, ms, version, attrs, _ = open_ngff_group(Path(path), series)
+    names = [a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", "tczyx")]
+    # Stores of fewer axes (store_axes) are handed out as (t, c, z, y, x) all the same.
+    pad = tuple(slice(None) if a in names else None for a in "tczyx")
     levels = [da.from_zarr(group[d["path"]]) for d in ms["datasets"]]
+    if len(names) < 5 and set(names) <= set("tczyx") and len(levels[0].shape) == len(names):
+        levels = [level[pad] for level in levels]
     extra = {"omero": attrs.get("omero"), PROVENANCE_KEY: group.attrs.get(PROVENANCE_KEY)}
     return levels, {"multiscales": ms, "version": version, **extra}

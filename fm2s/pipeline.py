@@ -35,7 +35,7 @@ from fm2s._provenance import describe_device, fingerprint_input, stack_provenanc
 from fm2s.devices import resolve_device, set_threads
 from fm2s.engine import StackModel, denoise_stack_planes, stack_noise
 from fm2s.inputs import check_unchanged, input_stamp
-from fm2s.ome import OmeZarrWriter, check_output_path, describe_output
+from fm2s.ome import OmeZarrWriter, check_output_path, describe_output, store_axes
 from fm2s.outputs import OutputError, PlaneWriter
 from fm2s.planeio import IMAGE_SUFFIXES, ImageWriter
 from fm2s.prepare import PlaneResult
@@ -215,7 +215,7 @@ def denoise_stack(
                 record = stack_provenance(
                     settings=settings, seed=seed, metadata=meta, fingerprint=fingerprint,
                     output=describe_output(meta.shape, meta.dtype, ngff_version=ngff_version,
-                                           levels=levels),
+                                           levels=levels, axes=store_axes(meta.shape, meta)),
                     device=describe_device(job.device), started=job.started, keys=keys,
                     planes=records, data_range=data_range, model=model_path,
                     references=references.record() if references else

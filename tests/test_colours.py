@@ -71,6 +71,16 @@ def test_vendor_store_has_the_files_colours(shared_data, tmp_path, name, colours
     assert rdefs["model"] == "color"  # a lone GFP channel is shown green, not grey
 
 
+def test_a_2d_nd2_store_has_no_z_axis(shared_data, tmp_path):
+    """Issue 42: the 2-D ND2 (bioio reports z of size 1, no z spacing) got a unitless z
+    scale of 1.0; its store now has the axes the file has: c, y, x."""
+    needs("bioio", "bioio_nd2", "nd2")
+    store_of(shared_data / VENDOR / "example-multichannel.nd2", tmp_path / "out.ome.zarr")
+    axes = open_ome_zarr(tmp_path / "out.ome.zarr")[1]["multiscales"]["axes"]
+    assert [(a["name"], a.get("unit")) for a in axes] == [
+        ("c", None), ("y", "micrometer"), ("x", "micrometer")]
+
+
 def test_nd2_colours_are_the_files(shared_data):
     needs("bioio", "bioio_nd2", "nd2")
     import nd2

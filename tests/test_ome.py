@@ -183,3 +183,30 @@ def test_writer_checks_planes(tmp_path):
     assert siblings(tmp_path / "w.ome.zarr") == []
     with pytest.raises(ValueError, match="ngff_version"):
         OmeZarrWriter(tmp_path / "v.zarr", shape=(1, 1, 1, 8, 8), dtype="u1", ngff_version="0.6")
+
+
+@pytest.mark.parametrize(("axes", "shape", "stored"), [
+    ("YX", (40, 48), "cyx"),  # a plane: no time or z axis made up
+    ("ZYX", (3, 40, 48), "czyx"),  # no time step: no t axis
+    ("TYX", (2, 40, 48), "tcyx"),  # frames without a time step still are frames
+])  # fmt: skip
+def test_a_store_has_the_inputs_axes_and_no_made_up_scale(tmp_path, axes, shape, stored):
+    data = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, data, imagej=True, resolution=(1 / 0.25, 1 / 0.25),
+                     metadata={"axes": axes, "unit": "um"})
+    with open_stack(source) as stack:
+        meta, planes = stack.metadata, stack.data.compute()
+    out = write_ome_zarr(tmp_path / "out.ome.zarr", planes, meta, levels=2)
+    node = list(Reader(parse_url(str(out), fmt=FormatV04()))())[0]
+    names = [a["name"] for a in node.metadata["axes"]]
+    assert names == list(stored) and node.data[0].shape == tuple(
+        n for a, n in zip("tczyx", meta.shape, strict=True) if a in stored)
+    scale = dict(zip(names, node.metadata["coordinateTransformations"][0][0]["scale"],
+                     strict=True))
+    assert scale["x"] == scale["y"] == pytest.approx(0.25) and scale["c"] == 1
+    units = {a["name"]: a.get("unit") for a in node.metadata["axes"]}
+    assert units["x"] == units["y"] == "micrometer"
+    # read back as (t, c, z, y, x), whatever the store's axes
+    levels, _ = open_ome_zarr(out)
+    np.testing.assert_array_equal(levels[0].compute(), planes)

@@ -48,9 +48,11 @@ def test_denoise_stack_end_to_end(tmp_path, tiny):
     out = denoise_stack(source, tmp_path / "out.ome.zarr", settings=tiny, seed=3, device="cpu")
     assert siblings(out) == ["in.ome.tif"]
     node = list(Reader(parse_url(str(out), fmt=FormatV04()))())[0]
-    assert [d.shape for d in node.data] == [(1, 2, 2, 32, 32), (1, 2, 2, 16, 16), (1, 2, 2, 8, 8)]
+    # the input's axes (CZYX): no time axis, and no scale made up for one
+    assert [d.shape for d in node.data] == [(2, 2, 32, 32), (2, 2, 16, 16), (2, 2, 8, 8)]
+    assert [a["name"] for a in node.metadata["axes"]] == list("czyx")
     assert node.data[0].dtype == np.uint16 and node.metadata["channel_names"] == ["a", "b"]
-    assert node.metadata["coordinateTransformations"][0][0]["scale"] == [1, 1, 1, 0.2, 0.2]
+    assert node.metadata["coordinateTransformations"][0][0]["scale"] == [1, 1, 0.2, 0.2]
     # each channel's two planes share a network, trained from the base seed and the group
     record = provenance(out)
     assert {name: entry["planes"] for name, entry in record["networks"].items()} == {
@@ -73,7 +75,8 @@ def test_denoise_stack_end_to_end(tmp_path, tiny):
                                      for c in (0, 1) for z in (0, 1)))
     assert record["input"]["pixels_sha256"] == pixels.hexdigest()
     assert record["input"]["axes"] == "CZYX" and record["input"]["shape"] == [2, 2, 32, 32]
-    assert record["output"]["shape"] == [1, 2, 2, 32, 32] and record["output"]["dtype"] == "uint16"
+    assert record["output"]["axes"] == "czyx" and record["output"]["shape"] == [2, 2, 32, 32]
+    assert record["output"]["dtype"] == "uint16"
     assert record["device"] == "cpu" and record["started"] <= record["finished"]
 
 
