@@ -1,6 +1,7 @@
 """Readers: every format to a lazy 5D (t, c, z, y, x) stack, plane keys, bad input."""
 
 import shutil
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -307,3 +308,18 @@ def test_real_files_open_and_list(shared_data, name):
     if name == "xyz_calibrated_16bit__golgi_bfa.tif":
         assert meta.pixel_sizes["z"] == pytest.approx(0.3876)
         assert meta.units["x"] == "micrometer"
+
+
+def test_the_workflows_default_patterns_follow_the_table_of_input_formats():
+    """One table of formats: the workflow's default folder patterns are its suffixes (single
+    PNG planes left out: an acquisition folder's PNGs are rarely stacks of their own)."""
+    import yaml
+
+    from fm2s._stack_types import STACK_SUFFIXES
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    default = schema["properties"]["acquisition"]["properties"]["patterns"]["default"]
+    assert config["acquisition"]["patterns"] == default
+    assert sorted(default) == sorted(f"*{s}" for s in STACK_SUFFIXES if s != ".png")
