@@ -74,7 +74,7 @@ def test_appended_pages_are_all_denoised(tmp_path):
     src = append_pages(tmp_path / "frames.tif", ZYX[:3])
     out = tmp_path / "out.ome.zarr"
     assert main(["-q", "denoise", str(src), str(out), *TINY]) == 0
-    assert zarr.open_group(str(out), mode="r")["0"].shape == (1, 1, 3, 32, 32)
+    assert zarr.open_group(str(out), mode="r")["0"].shape == (1, 3, 32, 32)  # c, z, y, x
 
 
 def test_appended_series_of_different_shapes_warn_which_is_read(tmp_path, caplog):
