@@ -20,9 +20,9 @@ NEGATIVE_SLOPE = 1e-3  # LeakyReLU slope of the reference
 
 
 def gemm_convs() -> bool:
-    """Whether one-channel networks on a CPU run their outer convolutions as GEMMs (see
+    """Whether one-channel networks on a CPU run their last convolution as GEMMs (see
     :class:`_ConvToOne`); ``FM2S_GEMM_CONVS=0`` in the environment turns this off (oneDNN's
-    convolutions, as before 0.10.0: for comparisons)."""
+    convolution, as before 0.10.0: for comparisons)."""
     return os.environ.get("FM2S_GEMM_CONVS", "1") != "0"
 
 
@@ -61,12 +61,11 @@ class FM2SNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (B, models * n, H, W) -> (B, models * n, H, W)
+        hidden = self.act(self.body(self.act(self.head(x))))
         if self.models == 1 and self.channels == 1 and x.device.type == "cpu" and gemm_convs():
-            hidden = _ConvFromOne.apply(x, self.head.weight, self.head.bias)
-            hidden = self.act(self.body(self.act(hidden)))
             return _ConvToOne.apply(hidden.contiguous(memory_format=torch.channels_last),
                                     self.tail.weight, self.tail.bias)
-        return self.tail(self.act(self.body(self.act(self.head(x)))))
+        return self.tail(hidden)
 
     @torch.no_grad()
     def reset_parameters(self, generators: list[torch.Generator]):
@@ -96,14 +95,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# --- Convolutions with one input or one output channel, as GEMMs (CPU) -----------------------
+# --- The last convolution (12 -> 1 channel) as GEMMs (CPU) ----------------------------------
 #
-# oneDNN runs the network's outer convolutions (n -> 24 and 12 -> n with n = 1, k x k) far
-# from the core's arithmetic peak: a 12 -> 1 5 x 5 convolution of 7 crops of 48 x 48 reaches
-# 7 GFLOP/s forward on one Zen 4 core whose SGEMM reaches 100. Written as one GEMM against the
-# k^2 shifted copies of the one-channel side (built by k^2 slice copies or adds), each pass of
-# these two layers is a few well-shaped GEMMs. Channels-last activations make the many-channel
-# side a plain (pixels, channels) matrix.
+# oneDNN runs a 12 -> 1 channel 5 x 5 convolution of 7 crops of 48 x 48 at 7 GFLOP/s forward
+# on one Zen 4 core whose SGEMM reaches 100 (3.5 ms forward and backward in float32, 1.9 in
+# bfloat16). As GEMMs it takes 1.4 and 1.0 ms: forward, the k^2 partial products of every
+# pixel's channels (one GEMM of the channels-last activations, a plain (pixels, channels)
+# matrix), then k^2 shifted adds; backward, the k^2 shifted copies of the one-channel gradient
+# (one strided copy) and two GEMMs. (The first convolution, 1 -> 24, gains nothing so written:
+# oneDNN's is as fast inside the network.)
 
 
 def _shifted(plane: torch.Tensor, k: int) -> torch.Tensor:
@@ -132,40 +132,6 @@ def _gathered(columns: torch.Tensor, k: int) -> torch.Tensor:
 def _pixels(x: torch.Tensor) -> torch.Tensor:
     """(B*H*W, C) view of a channels-last (B, C, H, W) tensor."""
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-
-
-class _ConvFromOne(torch.autograd.Function):
-    """conv2d of a (B, 1, H, W) input to C channels, k x k, zero "same" padding; output
-    channels-last. No gradient to the input (the network's input needs none)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        x, weight, bias = _autocast(x, weight, bias)
-        with torch.autocast("cpu", enabled=False):
-            return __class__._forward(ctx, x, weight, bias)
-
-    @staticmethod
-    def _forward(ctx, x, weight, bias):
-        out_channels, _, k, _ = weight.shape
-        batch, _, height, width = x.shape
-        columns = _shifted(x.reshape(batch, height, width), k).reshape(k * k, -1)
-        # (pixels, C) = columns^T (pixels, k^2) @ weight^T (k^2, C), plus the bias
-        out = torch.addmm(bias, columns.t(), weight.reshape(out_channels, k * k).t())
-        ctx.save_for_backward(columns)
-        ctx.k = k
-        return out.reshape(batch, height, width, out_channels).permute(0, 3, 1, 2)
-
-    @staticmethod
-    def backward(ctx, grad):
-        with torch.autocast("cpu", enabled=False):
-            return __class__._backward(ctx, grad)
-
-    @staticmethod
-    def _backward(ctx, grad):
-        (columns,) = ctx.saved_tensors
-        g = _pixels(grad.contiguous(memory_format=torch.channels_last))  # (pixels, C)
-        grad_weight = (g.t() @ columns.t()).reshape(g.shape[1], 1, ctx.k, ctx.k)
-        return None, grad_weight, g.sum(0)
 
 
 class _ConvToOne(torch.autograd.Function):
