@@ -15,7 +15,9 @@ CPU seconds (``time.process_time``) are reported beside wall seconds, medians ov
 ``--precision float32`` sets ``FM2S_AUTO_PRECISION=float32`` in the child, the training path of
 a CPU without native bfloat16 (AVX2 only) on a CPU with it (trees from before 0.10.0 ignore the
 variable, so for them the child passes ``precision=float32`` to the training settings instead:
-the same arithmetic).
+the same arithmetic). ``avx2`` goes further: float32, and torch, oneDNN and MKL restricted to
+their AVX2 kernels (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``),
+as on an AVX2-only CPU.
 
 ``train``: one network trained on a synthetic 512 x 512 plane (:func:`fm2s.train.fit`, the
 ``fast`` recipe: 1,500 steps of 7 crops of 48 x 48), CPU-s per plane. ``parts``: the parts of
@@ -49,6 +51,8 @@ import fm2s
 from fm2s.synthetic import clean_plane, noisy_plane
 args = json.loads(sys.argv[1])
 FORCE = os.environ.get("FM2S_AUTO_PRECISION", "")
+if os.environ.get("ATEN_CPU_CAPABILITY"):
+    assert torch.backends.cpu.get_cpu_capability() == os.environ["ATEN_CPU_CAPABILITY"].upper()
 
 def plane(size, seed=0):
     return noisy_plane(clean_plane((size, size), seed=seed, blobs=size // 8), seed=100 + seed)
@@ -159,7 +163,12 @@ def child(tree: str, code: str, args: dict, precision: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
     env.pop("FM2S_AUTO_PRECISION", None)
-    if precision:
+    if precision == "avx2":
+        # The AVX2 kind of CPU on an AVX-512 one: torch's, oneDNN's and MKL's AVX2 kernels, and
+        # float32 training (oneDNN then reports no native bfloat16, so `auto` picks float32)
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2",
+                   MKL_ENABLE_INSTRUCTIONS="AVX2", FM2S_AUTO_PRECISION="float32")
+    elif precision:
         env["FM2S_AUTO_PRECISION"] = precision
     # -P and a neutral folder: the child imports fm2s from PYTHONPATH, never from the cwd
     proc = subprocess.run([sys.executable, "-P", "-W", "ignore", "-c", code, json.dumps(args)],
@@ -176,7 +185,7 @@ def median(values):
 
 def train(args) -> None:
     trees = args.trees.split(",")
-    print("| precision | tree | CPU-s (median) | wall s (median) | CPU-s each | weights digest |")
+    print("| precision | tree | CPU-s (median) | wall s (median) | CPU-s each | weights digests |")
     print("|---|---|---|---|---|---|")
     for precision in args.precisions.split(","):
         runs = {tree: [] for tree in trees}
@@ -189,8 +198,9 @@ def train(args) -> None:
             cpu = median([r["cpu"] for r in runs[tree]])
             wall = median([r["wall"] for r in runs[tree]])
             each = ", ".join(f"{r['cpu']:.2f}" for r in runs[tree])
+            digests = sorted({f"{r['weights']:.9f}" for r in runs[tree]})  # one: deterministic
             print(f"| {precision} | {tree} | {cpu:.2f} ({base / cpu:.2f}x) | {wall:.2f} | {each} "
-                  f"| {runs[tree][0]['weights']:.6f} |", flush=True)
+                  f"| {', '.join(digests)} |", flush=True)
             assert runs[tree][0]["module"].startswith(str(Path(tree).resolve()))
 
 
