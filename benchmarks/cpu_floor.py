@@ -1,0 +1,300 @@
+"""CPU cost of fm2s against the machine's floor, side by side for several checkouts (issue 41).
+
+Run by hand on a quiet machine, one thread, comparing a checkout of main with this one:
+
+    git worktree add ../main-before main
+    python benchmarks/cpu_floor.py train --trees ../main-before,. --repeats 3
+    python benchmarks/cpu_floor.py parts --trees ../main-before,.
+    python benchmarks/cpu_floor.py stack --trees ../main-before,. --planes 16,64
+    python benchmarks/cpu_floor.py fmd --trees ../main-before,. --fields 1
+    python benchmarks/cpu_floor.py floor          # this core's GEMM peak and the parts' floors
+
+Every measurement runs in a fresh child process with ``PYTHONPATH`` set to one tree and
+``OMP_NUM_THREADS=1``; trees alternate within each repeat, so both see the same machine load.
+CPU seconds (``time.process_time``) are reported beside wall seconds, medians over repeats.
+``--precision float32`` sets ``FM2S_AUTO_PRECISION=float32`` in the child, the training path of
+a CPU without native bfloat16 (AVX2 only) on a CPU with it (trees from before 0.10.0 ignore the
+variable, so for them the child passes ``precision=float32`` to the training settings instead:
+the same arithmetic). ``avx2`` goes further: float32, and torch, oneDNN and MKL restricted to
+their AVX2 kernels (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``),
+as on an AVX2-only CPU.
+
+``train``: one network trained on a synthetic 512 x 512 plane (:func:`fm2s.train.fit`, the
+``fast`` recipe: 1,500 steps of 7 crops of 48 x 48), CPU-s per plane. ``parts``: the parts of
+one plane's apply (network inference with the half-turn, Wiener, classical and guided NLM)
+on that plane. ``stack``: :func:`fm2s.engine.denoise_stack_planes` on N synthetic planes,
+CPU-s per plane. ``fmd``: the FMD ``test_mix`` raw images denoised one by one with the default
+settings, PSNR per configuration (``--fields``: fields of view per configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fmd" / "test_mix"
+CONFIGS = ("Confocal_BPAE_B", "Confocal_MICE", "TwoPhoton_BPAE_G", "TwoPhoton_MICE",
+           "WideField_BPAE_B")
+
+COMMON = r"""
+import json, os, sys, time
+import numpy as np
+import torch
+torch.set_num_threads(1)
+import fm2s
+from fm2s.synthetic import clean_plane, noisy_plane
+args = json.loads(sys.argv[1])
+FORCE = os.environ.get("FM2S_AUTO_PRECISION", "")
+if os.environ.get("ATEN_CPU_CAPABILITY"):
+    assert torch.backends.cpu.get_cpu_capability() == os.environ["ATEN_CPU_CAPABILITY"].upper()
+
+def plane(size, seed=0):
+    return noisy_plane(clean_plane((size, size), seed=seed, blobs=size // 8), seed=100 + seed)
+
+def settings(**extra):
+    s = fm2s.make_settings()
+    if FORCE:
+        extra.setdefault("precision", FORCE)
+    return s.replace(**extra) if extra else s
+
+def out(**values):
+    print(json.dumps(values), flush=True)
+"""
+
+TRAIN = COMMON + r"""
+from fm2s.noise import median_target, region_means
+from fm2s.train import TrainingSet, fit
+x = plane(args["size"]).astype(np.float32) / 255
+s = settings(gain=0.01, read_var=1e-4, samples=args["samples"])
+t = median_target(x, s.median_size)
+m = region_means(t, s.region_size, s.mean_clamp)
+data = TrainingSet([torch.from_numpy(x)], [torch.from_numpy(t)], [torch.from_numpy(m)],
+                   torch.Generator().manual_seed(0), torch.Generator().manual_seed(0x5EED))
+cpu, wall = time.process_time(), time.perf_counter()
+net = fit([data], s, torch.device("cpu"))
+cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+digest = float(sum(p.detach().double().abs().sum() for p in net.parameters()))
+out(cpu=cpu, wall=wall, weights=digest, module=fm2s.__file__)
+"""
+
+PARTS = COMMON + r"""
+from fm2s.classical import vst_nlm, vst_wiener
+from fm2s.noise import median_target, region_means
+from fm2s.train import TrainingSet, extract_model, fit, predict
+x = plane(args["size"]).astype(np.float32) / 255
+s = settings(gain=0.01, read_var=1e-4, samples=50)
+t = median_target(x, s.median_size)
+m = region_means(t, s.region_size, s.mean_clamp)
+data = TrainingSet([torch.from_numpy(x)], [torch.from_numpy(t)], [torch.from_numpy(m)],
+                   torch.Generator().manual_seed(0), torch.Generator().manual_seed(0x5EED))
+net = extract_model(fit([data], s, torch.device("cpu")), 0)
+cpu_dev = torch.device("cpu")
+clean = predict(net, x, cpu_dev, turn_average=True)
+model = (0.01, 1e-4)
+parts = {
+    "inference (plane + half-turn)": lambda: predict(net, x, cpu_dev, turn_average=True),
+    "NLM classical": lambda: vst_nlm(x, *model),
+    "NLM guided": lambda: vst_nlm(x, *model, guide=clean),
+    "Wiener": lambda: vst_wiener(x, clean, *model),
+}
+def onednn_inference():
+    os.environ["FM2S_GEMM_CONVS"] = "0"
+    try:
+        return predict(net, x, cpu_dev, turn_average=True)
+    finally:
+        del os.environ["FM2S_GEMM_CONVS"]
+parts["inference, oneDNN convolutions"] = onednn_inference
+result = {}
+for name, fn in parts.items():
+    fn()
+    times = []
+    for _ in range(args["repeats"]):
+        c, w = time.process_time(), time.perf_counter()
+        fn()
+        times.append((time.process_time() - c, time.perf_counter() - w))
+    times.sort()
+    result[name] = times[len(times) // 2]
+result["_check"] = {name: float(np.asarray(fn(), dtype=np.float64).sum())
+                    for name, fn in parts.items()}
+out(**result)
+"""
+
+STACK = COMMON + r"""
+import tempfile, tifffile
+from pathlib import Path
+from fm2s.engine import denoise_stack_planes
+from fm2s.stacks import open_stack
+planes = np.stack([plane(args["size"], seed=i % 8) for i in range(args["planes"])])
+with tempfile.TemporaryDirectory() as tmp:
+    path = Path(tmp) / "stack.ome.tif"
+    tifffile.imwrite(path, planes[None, None], ome=True, metadata={"axes": "TCZYX"})
+    s = settings()
+    cpu, wall = time.process_time(), time.perf_counter()
+    with open_stack(path) as stack:
+        results = dict(denoise_stack_planes(stack, s, seed=0, device=torch.device("cpu")))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+networks = len({(r.info or {}).get("network") for r in results.values()})
+out(cpu=cpu, wall=wall, planes=len(results), networks=networks)
+"""
+
+FMD = COMMON + r"""
+from skimage.metrics import peak_signal_noise_ratio
+from fm2s.planeio import read_image
+data = args["data"]
+rows = []
+for name in args["names"]:
+    noisy = read_image(f"{data}/raw/{name}")
+    gt = read_image(f"{data}/gt/{name}")
+    cpu = time.process_time()
+    image = fm2s.denoise(noisy, settings=settings(), device="cpu", threads=1)
+    rows.append({"name": name, "psnr": peak_signal_noise_ratio(gt, image, data_range=255),
+                 "cpu": time.process_time() - cpu})
+out(rows=rows, module=fm2s.__file__)
+"""
+
+
+def child(tree: str, code: str, args: dict, precision: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), OMP_NUM_THREADS="1",
+               MKL_NUM_THREADS="1")
+    env.pop("FM2S_AUTO_PRECISION", None)
+    if precision == "avx2":
+        # The AVX2 kind of CPU on an AVX-512 one: torch's, oneDNN's and MKL's AVX2 kernels, and
+        # float32 training (oneDNN then reports no native bfloat16, so `auto` picks float32)
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2",
+                   MKL_ENABLE_INSTRUCTIONS="AVX2", FM2S_AUTO_PRECISION="float32")
+    elif precision:
+        env["FM2S_AUTO_PRECISION"] = precision
+    # -P and a neutral folder: the child imports fm2s from PYTHONPATH, never from the cwd
+    proc = subprocess.run([sys.executable, "-P", "-W", "ignore", "-c", code, json.dumps(args)],
+                          env=env, stdout=subprocess.PIPE, text=True, check=False,
+                          cwd=tempfile.gettempdir())
+    if proc.returncode:
+        raise SystemExit(f"child failed in {tree}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def train(args) -> None:
+    trees = args.trees.split(",")
+    print("| precision | tree | CPU-s (median) | wall s (median) | CPU-s each | weights digests |")
+    print("|---|---|---|---|---|---|")
+    for precision in args.precisions.split(","):
+        runs = {tree: [] for tree in trees}
+        for _ in range(args.repeats):
+            for tree in trees:
+                runs[tree].append(child(tree, TRAIN, {"size": args.size,
+                                                      "samples": args.samples}, precision))
+        base = median([r["cpu"] for r in runs[trees[0]]])
+        for tree in trees:
+            cpu = median([r["cpu"] for r in runs[tree]])
+            wall = median([r["wall"] for r in runs[tree]])
+            each = ", ".join(f"{r['cpu']:.2f}" for r in runs[tree])
+            digests = sorted({f"{r['weights']:.9f}" for r in runs[tree]})  # one: deterministic
+            print(f"| {precision} | {tree} | {cpu:.2f} ({base / cpu:.2f}x) | {wall:.2f} | {each} "
+                  f"| {', '.join(digests)} |", flush=True)
+            assert runs[tree][0]["module"].startswith(str(Path(tree).resolve()))
+
+
+def parts(args) -> None:
+    trees = args.trees.split(",")
+    results = {tree: child(tree, PARTS, {"size": args.size, "repeats": args.repeats}, "")
+               for tree in trees}
+    names = [n for n in results[trees[0]] if not n.startswith("_")]
+    print("| part | " + " | ".join(f"{t} CPU-s (wall)" for t in trees) + " |")
+    print("|---|" + "---|" * len(trees))
+    for name in names:
+        cells = [f"{results[t][name][0]:.3f} ({results[t][name][1]:.3f})" for t in trees]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for name in names:
+        checks = [results[t]["_check"][name] for t in trees]
+        print(f"check sum {name}: " + ", ".join(f"{c:.6f}" for c in checks))
+
+
+def stack(args) -> None:
+    trees = args.trees.split(",")
+    print("| planes | size | tree | CPU-s per plane | wall s per plane | networks |")
+    print("|---|---|---|---|---|---|")
+    for count in (int(p) for p in args.planes.split(",")):
+        for tree in trees:
+            r = child(tree, STACK, {"size": args.size, "planes": count}, args.precision)
+            print(f"| {count} | {args.size} | {tree} | {r['cpu'] / count:.3f} | "
+                  f"{r['wall'] / count:.3f} | {r['networks']} |", flush=True)
+
+
+def fmd(args) -> None:
+    trees = args.trees.split(",")
+    names = [f"{c}_{i}.png" for c in CONFIGS for i in range(1, args.fields + 1)]
+    runs = {tree: child(tree, FMD, {"data": str(DATA), "names": names}, args.precision)
+            for tree in trees}
+    results = {tree: run["rows"] for tree, run in runs.items()}
+    for tree, run in runs.items():
+        print(f"{tree}: fm2s from {run['module']}")
+    print("| configuration | " + " | ".join(f"{t} PSNR" for t in trees) + " | delta dB |")
+    print("|---|" + "---|" * (len(trees) + 1))
+    for config in CONFIGS:
+        means = [statistics.mean(r["psnr"] for r in results[t] if r["name"].startswith(config))
+                 for t in trees]
+        print(f"| {config} | " + " | ".join(f"{m:.3f}" for m in means) +
+              f" | {means[-1] - means[0]:+.3f} |")
+    for tree in trees:
+        print(f"{tree}: mean CPU-s per image "
+              f"{statistics.mean(r['cpu'] for r in results[tree]):.2f}")
+    for t in trees:
+        print(t, json.dumps([round(r["psnr"], 3) for r in results[t]]))
+
+
+def floor(args) -> None:
+    import time
+
+    import torch
+    torch.set_num_threads(1)
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(1024, 1024, dtype=dtype)
+        b = torch.randn(1024, 1024, dtype=dtype)
+        a @ b
+        times = []
+        for _ in range(5):
+            start = time.process_time()
+            for _ in range(10):
+                a @ b
+            times.append((time.process_time() - start) / 10)
+        peaks[str(dtype)] = 2 * 1024**3 / median(times) / 1e9
+        print(f"GEMM 1024^3 {dtype}: {peaks[str(dtype)]:.1f} GFLOP/s on one thread")
+    pixels, size = 7 * 48 * 48, 512 * 512
+    macs = 1 * 24 * 25 + 24 * 12 * 9 + 12 * 1 * 25  # per pixel, one forward pass
+    flops = 2 * macs * pixels * (3 * 1500) - 2 * 25 * 24 * pixels * 1500  # no input gradient
+    for dtype, peak in peaks.items():
+        print(f"training floor ({dtype} GEMM peak): {flops / 1e9:.0f} GFLOP -> "
+              f"{flops / peak / 1e9:.2f} s")
+    inference = 2 * macs * size * 4
+    print(f"inference floor (4 passes): {inference / 1e9:.1f} GFLOP -> "
+          f"{inference / peaks['torch.float32'] / 1e9:.3f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["train", "parts", "stack", "fmd", "floor"])
+    parser.add_argument("--trees", default=".")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--samples", type=int, default=1500)
+    parser.add_argument("--precisions", default="float32,bfloat16")
+    parser.add_argument("--precision", default="", help="stack, fmd: FM2S_AUTO_PRECISION")
+    parser.add_argument("--planes", default="16,64")
+    parser.add_argument("--fields", type=int, default=1)
+    args = parser.parse_args()
+    {"train": train, "parts": parts, "stack": stack, "fmd": fmd, "floor": floor}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
