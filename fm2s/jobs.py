@@ -26,8 +26,9 @@ member              content
 ``input_sha256``    ``(n,)`` str: SHA-256 of each raw input plane's bytes
 ``info``            JSON string: source, plane range, settings digest, seed, data range,
                     device, host, start and end times, fm2s version, ``noise_references``
-                    (``auto``: the channels' reference estimates) and ``planes`` (per plane
+                    (``auto``: the channels' reference estimates), ``planes`` (per plane
                     its network and digest; ``auto``: estimate source, blend, settings)
+                    and ``input_stamp`` (the input's, when the chunk was denoised)
 ==================  ==================================================================
 """
 
