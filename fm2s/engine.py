@@ -59,6 +59,7 @@ from .denoise import (
     unit_samples,
 )
 from .model import FM2SNet
+from .neighbours import apply_with_neighbours, neighbour_axis, neighbour_keys
 from .outputs import atomic_output
 from .settings import Settings
 from .stack_noise import StackNoise
@@ -475,10 +476,11 @@ def apply_model(
     keys = [PlaneKey(*map(int, k)) for k in (stack.plane_keys() if keys is None else keys)]
     warn = LowRangeWarning(model.settings, model.data_range)
     batch = inference_batch(device, stack.metadata.shape[3:])
+    near = stack_neighbours(stack, model.settings)
     for start in range(0, len(keys), batch):
         planes = [_prepare_for(stack, model, key, warn, on_plane)
                   for key in keys[start:start + batch]]
-        yield from _apply_batch(planes, model, device, batch)
+        yield from _apply_batch(planes, model, device, batch, near)
 
 
 class _Planned(NamedTuple):
@@ -511,9 +513,20 @@ def _prepare_for(stack, model: StackModel, key: PlaneKey, warn, on_plane) -> _Pl
     return _Planned(key, name, network, prepared)
 
 
+def stack_neighbours(stack, settings: Settings) -> Callable[[PlaneKey], list] | None:
+    """Stack mode (``settings.neighbours``): a function giving a plane's raw neighbouring
+    planes (:func:`fm2s.neighbours.neighbour_keys`), read from `stack`; None in plane mode or
+    for a stack of one plane per channel."""
+    shape = stack.metadata.shape
+    if settings.neighbours == "off" or neighbour_axis(shape) is None:
+        return None
+    return lambda key: [stack.read_plane(PlaneKey(*k)) for k in neighbour_keys(key, shape)]
+
+
 def _apply_batch(planes: list[_Planned], model: StackModel, device,
-                 batch: int) -> list[PlaneResult]:
-    """Results of prepared planes, in order; the planes of one network in one pass."""
+                 batch: int, near: Callable | None = None) -> list[PlaneResult]:
+    """Results of prepared planes, in order; the planes of one network in one pass (in stack
+    mode, with `near` giving a plane's neighbours, one plane at a time)."""
     results: list[PlaneResult | None] = [None] * len(planes)
     by_network: dict[str, list[int]] = {}
     for i, item in enumerate(planes):
@@ -523,9 +536,14 @@ def _apply_batch(planes: list[_Planned], model: StackModel, device,
             by_network.setdefault(item.name, []).append(i)
     for name, members in by_network.items():
         network = model.networks[name]
-        outputs = apply_network_batch(
-            network, [planes[i].prepared for i in members],
-            [plane_seed(model.seed, tuple(planes[i].key)) for i in members], device, batch)
+        seeds = [plane_seed(model.seed, tuple(planes[i].key)) for i in members]
+        if near is not None:
+            outputs = [apply_with_neighbours(network, planes[i].prepared, s, device,
+                                             near(planes[i].key))
+                       for i, s in zip(members, seeds, strict=True)]
+        else:
+            outputs = apply_network_batch(network, [planes[i].prepared for i in members],
+                                          seeds, device, batch)
         for i, result in zip(members, outputs, strict=True):
             result.seconds += network.seconds / max(1, len(network.trained_on))
             results[i] = result
