@@ -59,7 +59,7 @@ from .denoise import (
     unit_samples,
 )
 from .model import FM2SNet
-from .neighbours import apply_with_neighbours, neighbour_axis, neighbour_keys
+from .neighbours import REACH, apply_with_neighbours, neighbour_axis, neighbour_keys
 from .outputs import atomic_output
 from .settings import Settings
 from .stack_noise import StackNoise
@@ -515,12 +515,26 @@ def _prepare_for(stack, model: StackModel, key: PlaneKey, warn, on_plane) -> _Pl
 
 def stack_neighbours(stack, settings: Settings) -> Callable[[PlaneKey], list] | None:
     """Stack mode (``settings.neighbours``): a function giving a plane's raw neighbouring
-    planes (:func:`fm2s.neighbours.neighbour_keys`), read from `stack`; None in plane mode or
-    for a stack of one plane per channel."""
+    planes (:func:`fm2s.neighbours.neighbour_keys`), read from `stack`; None in plane mode,
+    for a stack of one plane per channel, and for blends without a risk estimate per
+    candidate (the hand-set presets)."""
     shape = stack.metadata.shape
-    if settings.neighbours == "off" or neighbour_axis(shape) is None:
+    if (settings.neighbours == "off" or neighbour_axis(shape) is None
+            or settings.blend not in ("sure-nlm", "sure-nlm-wiener")):
         return None
-    return lambda key: [stack.read_plane(PlaneKey(*k)) for k in neighbour_keys(key, shape)]
+    recent: dict[PlaneKey, np.ndarray] = {}  # planes read in order: each is read about once
+
+    def near(key):
+        planes = []
+        for k in map(PlaneKey._make, neighbour_keys(key, shape)):
+            if k not in recent:
+                recent[k] = stack.read_plane(k)
+                while len(recent) > 4 * REACH + 2:
+                    del recent[next(iter(recent))]
+            planes.append(recent[k])
+        return planes
+
+    return near
 
 
 def _apply_batch(planes: list[_Planned], model: StackModel, device,

@@ -61,7 +61,6 @@ __all__ = ["NEIGHBOUR_MODES", "REACH", "apply_with_neighbours", "neighbour_axis"
            "neighbour_keys", "stack_candidates"]
 
 log = logging.getLogger(__name__)
-_DEBUG: list | None = None  # benchmarks: a list to collect each plane's candidates
 
 #: Values of :attr:`fm2s.settings.Settings.neighbours`.
 NEIGHBOUR_MODES = ("off", "auto")
@@ -71,6 +70,10 @@ REACH = 2
 #: gain over the plane-mode result is at least ``GUARD[1]`` standard deviations of its
 #: estimate, not at all below ``GUARD[0]``.
 GUARD = (1.0, 2.0)
+#: Neighbours are aligned to the plane by a whole-pixel shift of at most this many pixels each
+#: way (stage drift, a time-lapse's moving field): :func:`drift`.
+MAX_DRIFT = 8
+ALIGN = True
 #: Names of the stack-mode candidates, in the order of the blend (``info["stack_weights"]``).
 CANDIDATES = ("plane", "nlm_mean", "nlm_mean_guided", "raw_neighbours", "nlm_neighbours",
               "wiener_mean")
@@ -107,7 +110,7 @@ def neighbour_keys(key: Sequence[int], shape: Sequence[int],
 
 
 def stack_candidates(work, probe, probed, neighbours, plane, plane_moved, model,
-                     wiener=False, line_corr=0.0):
+                     wiener=False, line_corr=0.0, device="cpu"):
     """The stack-mode candidates on one plane's (boosted) scale and the same on the probed
     plane: see the module notes. `neighbours` (K, H, W) on the plane's scale; `model` is
     ``(gain, read_var + rounding, lowfreq_gain)`` of one plane."""
@@ -116,21 +119,51 @@ def stack_candidates(work, probe, probed, neighbours, plane, plane_moved, model,
     mean = neighbours.mean(axis=0)
     full = (work + count * mean) / (count + 1)
     full_moved = (probed + count * mean) / (count + 1)
-    nlm_full = vst_nlm(full, gain / (count + 1), read / (count + 1), low)
-    nlm_full_moved = vst_nlm(full_moved, gain / (count + 1), read / (count + 1), low)
-    guided = vst_nlm(full, gain / (count + 1), read / (count + 1), low, guide=plane)
-    guided_moved = vst_nlm(full_moved, gain / (count + 1), read / (count + 1), low,
-                           guide=plane_moved)
-    nlm_mean = vst_nlm(mean, gain / count, read / count, low)
+    together = (gain / (count + 1), read / (count + 1), low)
+    nlm_full = vst_nlm(full, *together, device=device)
+    nlm_full_moved = vst_nlm(full_moved, *together, device=device)
+    guided = vst_nlm(full, *together, guide=plane, device=device)
+    guided_moved = vst_nlm(full_moved, *together, guide=plane_moved, device=device)
+    nlm_mean = vst_nlm(mean, gain / count, read / count, low, device=device)
     candidates = [plane, nlm_full, guided, mean, nlm_mean]
     shifted = [plane_moved, nlm_full_moved, guided_moved, mean, nlm_mean]
     if wiener:
         # The Wiener refinement of the mean, with the guided estimate's spectrum.
-        candidates.append(vst_wiener(full, guided, gain / (count + 1), read / (count + 1),
-                                     line_corr))
-        shifted.append(vst_wiener(full_moved, guided_moved, gain / (count + 1),
-                                  read / (count + 1), line_corr))
+        candidates.append(vst_wiener(full, guided, *together[:2], line_corr, device=device))
+        shifted.append(vst_wiener(full_moved, guided_moved, *together[:2], line_corr,
+                                  device=device))
     return candidates, shifted
+
+
+def drift(plane: np.ndarray, other: np.ndarray, reach: int = MAX_DRIFT) -> tuple[int, int]:
+    """The whole-pixel shift ``(dy, dx)``, at most `reach` each way, that best aligns `other`
+    with `plane` (the plane-mode result): the peak of their cross-correlation (the
+    mean-subtracted planes, Hann-windowed), zero where the correlation is flat. A function of
+    the plane that is constant almost everywhere, so its divergence is zero and the risk
+    estimate of the aligned neighbours stays unbiased."""
+    window = np.outer(np.hanning(plane.shape[0]), np.hanning(plane.shape[1]))
+    a = (plane - plane.mean()) * window
+    b = (other - other.mean()) * window
+    corr = np.fft.irfft2(np.fft.rfft2(a) * np.conj(np.fft.rfft2(b)), s=plane.shape)
+    reach = min(reach, plane.shape[0] // 4, plane.shape[1] // 4)
+    best, where = corr[0, 0], (0, 0)
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            if corr[dy, dx] > best * (1 + 1e-9) + 1e-300:
+                best, where = corr[dy, dx], (dy, dx)
+    return where
+
+
+def moved_by(plane: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+    """`plane` shifted by whole pixels ``(dy, dx)`` (``out[y, x] = plane[y - dy, x - dx]``),
+    the edge repeated where the shift leaves no pixels."""
+    dy, dx = shift
+    if not dy and not dx:
+        return plane
+    height, width = plane.shape
+    rows = np.clip(np.arange(height) - dy, 0, height - 1)
+    cols = np.clip(np.arange(width) - dx, 0, width - 1)
+    return plane[rows][:, cols]
 
 
 def _plane_where_empty(weights):
@@ -258,20 +291,20 @@ def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
     # The neighbours on the plane's scale: the same DN -> work factor as the plane.
     per_dn = factor / prepared.scale
     stack = np.stack([np.asarray(n, dtype=np.float64) * per_dn for n in neighbours])
+    shifts = [drift(plane, n) for n in stack] if ALIGN else [(0, 0)] * len(stack)
+    stack = np.stack([moved_by(n, s) for n, s in zip(stack, shifts, strict=True)])
     cands, moves = stack_candidates(work.astype(np.float64), probe, probed.astype(np.float64),
                                     stack, plane, plane_moved, model,
                                     wiener=bool(info.get("wiener")),
-                                    line_corr=scaled.noise_line_corr)
+                                    line_corr=scaled.noise_line_corr, device=device)
     # Weights summing to one: the input's own risk estimate rests wholly on the noise model
     # (too small a model favours it), and P keeps as much input as plane mode chose. On that
     # face the noise's total variance is a constant of the risk: independent candidates are
     # compared by ||g - y||^2 alone, whatever the noise model's error.
     stack_w = face_weights(work, cands, probe, moves, variance, quant, tile)
-    if _DEBUG is not None:
-        _DEBUG.append(dict(work=work, cands=cands, weights=stack_w, factor=factor,
-                           scale=prepared.scale, variance=variance, quant=quant))
     result = work + sum(w * (c - work) for w, c in zip(stack_w, cands, strict=True))
     info["neighbours"] = len(neighbours)
+    info["neighbour_shifts"] = [list(map(int, s)) for s in shifts]
     info["stack_weights"] = {name: float(f"{np.mean(w):.6g}")
                              for name, w in zip(CANDIDATES, stack_w, strict=False)}
     info["stack_weights"]["input"] = float(f"{1 - np.mean(sum(stack_w)):.6g}")

@@ -90,7 +90,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         kernel_size=5, mean_clamp=(1e-5, 0.15), warmup_steps=0, samples=1500, steps_per_sample=1,
         lr=4e-3, lr_schedule="onecycle", lr_milestones=(), lr_gamma=1.0,
         crop_size=48, batch_size=7, precision="auto", turn_average=True,
-        group_size=GROUP_SIZE, group_samples=GROUP_SAMPLES,
+        group_size=GROUP_SIZE, group_samples=GROUP_SAMPLES, neighbours="auto",
     ),
 }
 

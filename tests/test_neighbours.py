@@ -65,11 +65,11 @@ def test_neighbour_keys_follow_the_stack_axis():
 
 
 def test_settings_validate_and_keep_old_digests():
-    assert make_settings().neighbours in ("off", "auto")
+    assert make_settings().neighbours == "auto"  # the fast recipe: stack mode
+    assert make_settings(recipe="v2").neighbours == "off"  # the paper's recipes: planes alone
     with pytest.raises(ValueError, match="neighbours"):
         make_settings(neighbours="sometimes")
-    plain = make_settings("confocal")
-    assert "neighbours" not in plain.to_dict()  # off: the digests of existing settings hold
+    assert "neighbours" not in make_settings(recipe="v2").to_dict()  # old digests hold
 
 
 def test_no_neighbours_is_plane_mode_bitwise(settings, field, tmp_path):
