@@ -73,6 +73,10 @@ GUARD = (1.0, 2.0)
 #: Neighbours are aligned to the plane by a whole-pixel shift of at most this many pixels each
 #: way (stage drift, a time-lapse's moving field): :func:`drift`.
 MAX_DRIFT = 8
+#: :func:`drift` correlates detail finer than a Gaussian blur of this many pixels, and takes a
+#: shift only where its correlation beats no shift's by this fraction.
+DRIFT_DETAIL = 4.0
+DRIFT_MARGIN = 0.005
 ALIGN = True
 #: Names of the stack-mode candidates, in the order of the blend (``info["stack_weights"]``).
 CANDIDATES = ("plane", "nlm_mean", "nlm_mean_guided", "raw_neighbours", "nlm_neighbours",
@@ -136,21 +140,26 @@ def stack_candidates(work, probe, probed, neighbours, plane, plane_moved, model,
 
 
 def drift(plane: np.ndarray, other: np.ndarray, reach: int = MAX_DRIFT) -> tuple[int, int]:
-    """The whole-pixel shift ``(dy, dx)``, at most `reach` each way, that best aligns `other`
-    with `plane` (the plane-mode result): the peak of their cross-correlation (the
-    mean-subtracted planes, Hann-windowed), zero where the correlation is flat. A function of
-    the plane that is constant almost everywhere, so its divergence is zero and the risk
-    estimate of the aligned neighbours stays unbiased."""
+    """The whole-pixel shift ``(dy, dx)``, at most `reach` each way, that aligns `other` with
+    `plane` (the plane-mode result): the peak of the cross-correlation of their fine detail
+    (each minus its Gaussian blur of ``DRIFT_DETAIL`` pixels, Hann-windowed), kept only where
+    it beats the correlation without a shift by ``DRIFT_MARGIN`` (a shift below a pixel, or
+    none, is no shift). A function of the plane that is constant almost everywhere: its
+    divergence is zero, and the risk estimate of the aligned neighbours stays unbiased."""
+    from scipy import ndimage
+
     window = np.outer(np.hanning(plane.shape[0]), np.hanning(plane.shape[1]))
-    a = (plane - plane.mean()) * window
-    b = (other - other.mean()) * window
+    a = (plane - ndimage.gaussian_filter(plane, DRIFT_DETAIL)) * window
+    b = (other - ndimage.gaussian_filter(other, DRIFT_DETAIL)) * window
     corr = np.fft.irfft2(np.fft.rfft2(a) * np.conj(np.fft.rfft2(b)), s=plane.shape)
     reach = min(reach, plane.shape[0] // 4, plane.shape[1] // 4)
     best, where = corr[0, 0], (0, 0)
     for dy in range(-reach, reach + 1):
         for dx in range(-reach, reach + 1):
-            if corr[dy, dx] > best * (1 + 1e-9) + 1e-300:
+            if corr[dy, dx] > best:
                 best, where = corr[dy, dx], (dy, dx)
+    if best <= 0 or corr[0, 0] >= (1 - DRIFT_MARGIN) * best:
+        return (0, 0)
     return where
 
 
