@@ -183,7 +183,7 @@ def _plane_where_empty(weights):
     return weights
 
 
-def face_weights(noisy, candidates, probe, moved, variance, quant, tile):
+def face_weights(noisy, candidates, probe, moved, variance, quant, tile, with_risk=False):
     """Weights ``w_k >= 0``, ``sum(w) = 1``, of the blend ``sum_k w_k candidate_k`` of least
     risk estimate, per tile of about `tile` pixels (one tile for the whole plane where `tile`
     is 0), interpolated between tile centres as :func:`fm2s.denoise.sure_weight_maps` does.
@@ -193,7 +193,8 @@ def face_weights(noisy, candidates, probe, moved, variance, quant, tile):
     its standard deviation is about ``s = 2 sqrt(sum C (blend - P)^2)`` (the noise in
     ``y . (blend - P)``); the weights move towards ``P`` as the gain falls from ``2 s`` to
     ``s`` (:data:`GUARD`), and are ``P`` alone below. Returns (k, H, W), or (k,) without
-    tiles."""
+    tiles; `with_risk`: and the risk estimate of those weights summed over the tiles
+    (relative to the noise's total variance)."""
     height, width = noisy.shape
     if tile:
         rows = np.linspace(0, height, max(1, round(height / tile)) + 1).round().astype(int)
@@ -218,15 +219,18 @@ def face_weights(noisy, candidates, probe, moved, variance, quant, tile):
     keep = np.clip(gain / np.maximum(noise, 1e-300) - GUARD[0], 0.0, GUARD[1] - GUARD[0])
     keep = np.where(noise > 0, keep / (GUARD[1] - GUARD[0]), 1.0)
     weights = keep * weights + (1 - keep) * np.eye(k)[:, 0].reshape(k, *[1] * keep.ndim)
+    risk = float((np.einsum("j...,jk...,k...->...", weights, gram, weights)
+                  - 2 * np.einsum("k...,k...->...", drive, weights)).sum())
     if not tile:
-        return weights[:, 0, 0]
+        return (weights[:, 0, 0], risk) if with_risk else weights[:, 0, 0]
 
     def interpolation(edges, size):
         centres = (edges[:-1] + edges[1:] - 1) / 2.0
         unit = np.eye(len(centres))
         return np.stack([np.interp(np.arange(size), centres, u) for u in unit], axis=1)
 
-    return interpolation(rows, height) @ weights @ interpolation(cols, width).T
+    maps = interpolation(rows, height) @ weights @ interpolation(cols, width).T
+    return (maps, risk) if with_risk else maps
 
 
 def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
@@ -300,17 +304,27 @@ def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
     # The neighbours on the plane's scale: the same DN -> work factor as the plane.
     per_dn = factor / prepared.scale
     stack = np.stack([np.asarray(n, dtype=np.float64) * per_dn for n in neighbours])
+    # Aligned by their drift, or as they are: the one of the two of least estimated risk
+    # (a sub-pixel drift is better left alone).
     shifts = [drift(plane, n) for n in stack] if ALIGN else [(0, 0)] * len(stack)
-    stack = np.stack([moved_by(n, s) for n, s in zip(stack, shifts, strict=True)])
-    cands, moves = stack_candidates(work.astype(np.float64), probe, probed.astype(np.float64),
-                                    stack, plane, plane_moved, model,
-                                    wiener=bool(info.get("wiener")),
-                                    line_corr=scaled.noise_line_corr, device=device)
-    # Weights summing to one: the input's own risk estimate rests wholly on the noise model
-    # (too small a model favours it), and P keeps as much input as plane mode chose. On that
-    # face the noise's total variance is a constant of the risk: independent candidates are
-    # compared by ||g - y||^2 alone, whatever the noise model's error.
-    stack_w = face_weights(work, cands, probe, moves, variance, quant, tile)
+    options = [[(0, 0)] * len(stack)] + ([shifts] if any(map(any, shifts)) else [])
+    best = None
+    for option in options:
+        aligned = np.stack([moved_by(n, s) for n, s in zip(stack, option, strict=True)])
+        cands, moves = stack_candidates(work.astype(np.float64), probe,
+                                        probed.astype(np.float64), aligned, plane, plane_moved,
+                                        model, wiener=bool(info.get("wiener")),
+                                        line_corr=scaled.noise_line_corr, device=device)
+        # Weights summing to one: the input's own risk estimate rests wholly on the noise
+        # model (too small a model favours it), and P keeps as much input as plane mode
+        # chose. On that face the noise's total variance is a constant of the risk:
+        # independent candidates are compared by ||g - y||^2 alone, whatever the noise
+        # model's error.
+        stack_w, risk = face_weights(work, cands, probe, moves, variance, quant, tile,
+                                     with_risk=True)
+        if best is None or risk < best[0]:
+            best = (risk, option, cands, stack_w)
+    _, shifts, cands, stack_w = best
     result = work + sum(w * (c - work) for w, c in zip(stack_w, cands, strict=True))
     info["neighbours"] = len(neighbours)
     info["neighbour_shifts"] = [list(map(int, s)) for s in shifts]
