@@ -4,6 +4,7 @@ ground truth, and on real stacks without.
 Run by hand, one thread (rows are printed and appended as JSON lines to ``--out``):
 
     PYTHONPATH=. nice -n 5 python benchmarks/stack_mode.py synthetic --out results/stack_mode.jsonl
+    PYTHONPATH=. nice -n 5 python benchmarks/stack_mode.py bm3d --out results/stack_mode.jsonl
     PYTHONPATH=. nice -n 5 python benchmarks/stack_mode.py real --out results/stack_mode_real.jsonl
     python benchmarks/stack_mode.py summary results/stack_mode.jsonl
 
@@ -169,6 +170,9 @@ def bm3d_plane(noisy: np.ndarray) -> np.ndarray:
 
 
 def synthetic(args) -> None:
+    import fm2s.neighbours
+
+    fm2s.neighbours.STACK_TILE = args.stack_tile
     set_threads(1)
     device = resolve_device("cpu")
     settings = fm2s.make_settings()
@@ -206,6 +210,29 @@ def synthetic(args) -> None:
                 print(f"{config} {scenario}: plane {np.mean([p[0] for p in row['plane']]):.2f} "
                       f"stack {np.mean([p[0] for p in row['stack']]):.2f} dB, worst plane "
                       f"{min(gap):+.3f}, best {max(gap):+.3f}", flush=True)
+
+
+def peer(args) -> None:
+    """BM3D with the generalized Anscombe transform and the blind fit, each plane alone, on the
+    static stacks (the same captures as ``synthetic``, by their seed)."""
+    if args.path:  # a folder holding the bm3d package (appended: the venv's numpy first)
+        sys.path.append(args.path)
+    if not hasattr(np, "trapz"):  # bm4d reads coloured PSDs with it; gone in NumPy 2.4
+        np.trapz = np.trapezoid  # noqa: NPY201
+    with open(args.out, "a") as handle:
+        for config in args.configs.split(","):
+            for scenario in ("real4", "static"):
+                noisy, truth, _ = noisy_stack(config, scenario, args.seed)
+                cpu = time.process_time()
+                scores = [(round(peak_signal_noise_ratio(t, bm3d_plane(n), data_range=255), 3),
+                           round(structural_similarity(t, bm3d_plane(n), data_range=255), 4))
+                          for n, t in zip(noisy, truth)]
+                row = {"config": config, "scenario": scenario, "seed": args.seed,
+                       "bm3d": scores,
+                       "bm3d_cpu_s": round((time.process_time() - cpu) / 2 / len(noisy), 3)}
+                handle.write(json.dumps(row) + "\n")
+                handle.flush()
+                print(config, scenario, np.mean([v[0] for v in scores]), flush=True)
 
 
 def real(args) -> None:
@@ -252,22 +279,42 @@ def real(args) -> None:
 
 
 def summary(args) -> None:
-    rows = [json.loads(line) for f in args.files for line in open(f) if line.strip()]
+    rows, peers = [], {}
+    for line in (line for f in args.files for line in open(f) if line.strip()):
+        row = json.loads(line)
+        if "plane" in row:
+            rows.append(row)
+        elif "bm3d" in row:
+            peers[row["config"], row["scenario"], row["seed"]] = row
+    for r in rows:
+        r.update({k: v for k, v in peers.get((r["config"], r["scenario"], r["seed"]),
+                                             {}).items() if k.startswith("bm3d")})
     print("| config | scenario | input dB | plane mode dB / SSIM | stack mode dB / SSIM | "
           "worst plane (stack - plane) | average dB | BM3D+VST dB | apply CPU-s/plane "
-          "plane / stack | mean weights (plane, nlm_mean, guided, raw nb, nlm nb) |")
+          "plane / stack | mean weights (P, NLM(F), NLM(F|P), M, NLM(M), Wiener(F)) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = lambda k: np.mean([v[0] for v in r[k]]) if k in r else float("nan")
         s = lambda k: np.mean([v[1] for v in r[k]]) if k in r else float("nan")
         gap = min(a[0] - b[0] for a, b in zip(r["stack"], r["plane"]))
         weights = [w for w in r["weights"] if w]
-        mean_w = ", ".join(f"{np.mean([w[k] for w in weights]):.2f}" for k in (
-            "plane", "nlm_mean", "nlm_mean_guided", "raw_neighbours", "nlm_neighbours"))
+        mean_w = ", ".join(f"{np.mean([w.get(k, 0.0) for w in weights]):.2f}" for k in (
+            "plane", "nlm_mean", "nlm_mean_guided", "raw_neighbours", "nlm_neighbours",
+            "wiener_mean"))
         print(f"| {r['config']} | {r['scenario']} | {m('input'):.2f} | {m('plane'):.2f} / "
               f"{s('plane'):.3f} | {m('stack'):.2f} / {s('stack'):.3f} | {gap:+.3f} | "
               f"{m('average'):.2f} | {m('bm3d'):.2f} | {r['plane_apply_cpu_s']} / "
               f"{r['stack_apply_cpu_s']} | {mean_w} |")
+    patches = [r for r in rows if "plane_patch" in r]
+    if patches:
+        print("\n| config | appearing patch, frames 1 and 3 (plane / stack dB) | frames 0, 2, 4 |")
+        print("|---|---|---|")
+        for r in patches:
+            cell = lambda frames: " ".join(
+                f"{r['plane_patch'][i][0]:.2f}/{r['stack_patch'][i][0]:.2f}" for i in frames)
+            print(f"| {r['config']} | {cell((1, 3))} | {cell((0, 2, 4))} |")
+    print("\nworst plane (stack - plane, dB) over all rows:",
+          f"{min(a[0] - b[0] for r in rows for a, b in zip(r['stack'], r['plane'])):+.3f}")
 
 
 def main(argv=None) -> None:
@@ -279,6 +326,13 @@ def main(argv=None) -> None:
     syn.add_argument("--scenarios", default=",".join(SCENARIOS))
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--bm3d", action="store_true")
+    syn.add_argument("--stack-tile", type=int, default=None,
+                     help="tile of the stack blend (fm2s.neighbours.STACK_TILE)")
+    bm = sub.add_parser("bm3d")
+    bm.add_argument("--out", required=True)
+    bm.add_argument("--configs", default=",".join(CONFIGS))
+    bm.add_argument("--seed", type=int, default=0)
+    bm.add_argument("--path", default=None, help="folder holding the bm3d package")
     rl = sub.add_parser("real")
     rl.add_argument("--out", required=True)
     rl.add_argument("--names", default=",".join(REAL))
@@ -288,7 +342,7 @@ def main(argv=None) -> None:
     show = sub.add_parser("summary")
     show.add_argument("files", nargs="+")
     args = parser.parse_args(argv)
-    {"synthetic": synthetic, "real": real, "summary": summary}[args.command](args)
+    {"synthetic": synthetic, "bm3d": peer, "real": real, "summary": summary}[args.command](args)
 
 
 if __name__ == "__main__":

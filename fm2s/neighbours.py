@@ -78,6 +78,8 @@ MAX_DRIFT = 8
 DRIFT_DETAIL = 4.0
 DRIFT_MARGIN = 0.005
 ALIGN = True
+#: Tile side of the stack blend's weights (None: the settings' ``sure_tile``).
+STACK_TILE: int | None = None
 #: Names of the stack-mode candidates, in the order of the blend (``info["stack_weights"]``).
 CANDIDATES = ("plane", "nlm_mean", "nlm_mean_guided", "raw_neighbours", "nlm_neighbours",
               "wiener_mean")
@@ -257,8 +259,13 @@ def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
         mean weight over the plane, :data:`CANDIDATES`).
     """
     settings = network.settings
+    # Plane mode: without neighbours; for blends without a risk estimate per candidate; on
+    # planes applied in regions; and where the noise model is a correlated one, which misses
+    # the broad part of the noise that the stack blend's risk estimate cannot do without
+    # (FMD wide-field, its four real captures: -5.8 dB on one plane).
     if (not len(neighbours) or settings.blend not in ("sure-nlm", "sure-nlm-wiener")
-            or prepared.noisy.size > REGION_PIXELS or prepared.constant):
+            or prepared.noisy.size > REGION_PIXELS or prepared.constant
+            or settings.noise_corr > 0):
         return apply_network(network, prepared, seed, device)
     import time
 
@@ -301,6 +308,8 @@ def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
             plane = vst_wiener(work, plane, *model[:2], scaled.noise_line_corr, device=device)
             plane_moved = vst_wiener(probed, plane_moved, *model[:2], scaled.noise_line_corr,
                                      device=device)
+    if STACK_TILE:
+        tile = STACK_TILE
     # The neighbours on the plane's scale: the same DN -> work factor as the plane.
     per_dn = factor / prepared.scale
     stack = np.stack([np.asarray(n, dtype=np.float64) * per_dn for n in neighbours])

@@ -148,3 +148,16 @@ def test_guard_gives_plane_mode_where_the_neighbours_differ():
     assert np.allclose(weights[0], 1.0) and np.allclose(weights[1], 0.0)
     weights = face_weights(noisy, [plane, truth], probe, [plane, truth], variance, 0.0, 16)
     assert weights[1].mean() > 0.5  # the same structure, less noise: taken
+
+
+def test_drift_finds_whole_pixel_shifts_and_leaves_none_alone():
+    from fm2s.neighbours import drift, moved_by
+
+    big = clean_plane((128, 200), seed=12)
+    rng = np.random.default_rng(1)
+    plane = big[:, 20:148]
+    for shift in (0, 1, 3, -5, 7):
+        other = big[:, 20 + shift:148 + shift] + rng.normal(0, 0.1, plane.shape)
+        assert drift(plane, other) == (0, shift)
+        assert np.array_equal(moved_by(big[:, 20 + shift:148 + shift], (0, shift))[:, 10:-10],
+                              plane[:, 10:-10])
