@@ -173,6 +173,8 @@ def synthetic(args) -> None:
     import fm2s.neighbours
 
     fm2s.neighbours.STACK_TILE = args.stack_tile
+    if args.guard:
+        fm2s.neighbours.GUARD = tuple(float(v) for v in args.guard.split(","))
     set_threads(1)
     device = resolve_device("cpu")
     settings = fm2s.make_settings()
@@ -326,6 +328,7 @@ def main(argv=None) -> None:
     syn.add_argument("--scenarios", default=",".join(SCENARIOS))
     syn.add_argument("--seed", type=int, default=0)
     syn.add_argument("--bm3d", action="store_true")
+    syn.add_argument("--guard", default=None, help="lo,hi (fm2s.neighbours.GUARD)")
     syn.add_argument("--stack-tile", type=int, default=None,
                      help="tile of the stack blend (fm2s.neighbours.STACK_TILE)")
     bm = sub.add_parser("bm3d")

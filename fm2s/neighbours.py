@@ -69,7 +69,7 @@ REACH = 2
 #: The guard of :func:`face_weights`: a tile's stack weights count fully where their estimated
 #: gain over the plane-mode result is at least ``GUARD[1]`` standard deviations of its
 #: estimate, not at all below ``GUARD[0]``.
-GUARD = (1.0, 2.0)
+GUARD = (1.5, 3.0)
 #: Neighbours are aligned to the plane by a whole-pixel shift of at most this many pixels each
 #: way (stage drift, a time-lapse's moving field): :func:`drift`.
 MAX_DRIFT = 8
