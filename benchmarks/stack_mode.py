@@ -186,29 +186,31 @@ def synthetic(args) -> None:
                 tifffile.imwrite(path, noisy[:, None, None], ome=True,
                                  metadata={"axes": "TCZYX"})
                 out, train_s = run_modes(path, settings, device)
-                score = lambda a, b: (round(peak_signal_noise_ratio(b, a, data_range=255), 3),
-                                      round(structural_similarity(b, a, data_range=255), 4))
+                def score(a, b):
+                    return (round(peak_signal_noise_ratio(b, a, data_range=255), 3),
+                            round(structural_similarity(b, a, data_range=255), 4))
                 row = {"config": config, "scenario": scenario, "seed": args.seed,
                        "fits_dn": fits, "train_cpu_s": round(train_s, 2),
-                       "input": [score(n, t) for n, t in zip(noisy, truth)]}
+                       "input": [score(n, t) for n, t in zip(noisy, truth, strict=False)]}
                 for mode, name in (("off", "plane"), ("auto", "stack")):
                     images, infos, cpu_s = out[mode]
-                    row[name] = [score(i, t) for i, t in zip(images, truth)]
+                    row[name] = [score(i, t) for i, t in zip(images, truth, strict=False)]
                     row[f"{name}_apply_cpu_s"] = round(cpu_s / len(noisy), 3)
                     if scenario == "appear":  # the pasted patch, in the frames that have it
                         row[f"{name}_patch"] = [score(i[80:176, 80:176], t[80:176, 80:176])
-                                                for i, t in zip(images, truth)]
+                                                for i, t in zip(images, truth, strict=False)]
                 row["weights"] = [i.get("stack_weights") for i in out["auto"][1]]
                 if scenario in ("static", "real4"):
                     average = np.clip(np.rint(noisy.astype(np.float64).mean(0)), 0, 255)
                     row["average"] = [score(average.astype(np.uint8), t) for t in truth]
                     if args.bm3d:
                         cpu = time.process_time()
-                        row["bm3d"] = [score(bm3d_plane(n), t) for n, t in zip(noisy, truth)]
+                        row["bm3d"] = [score(bm3d_plane(n), t)
+                                       for n, t in zip(noisy, truth, strict=True)]
                         row["bm3d_cpu_s"] = round((time.process_time() - cpu) / len(noisy), 3)
                 handle.write(json.dumps(row) + "\n")
                 handle.flush()
-                gap = [s[0] - p[0] for s, p in zip(row["stack"], row["plane"])]
+                gap = [s[0] - p[0] for s, p in zip(row["stack"], row["plane"], strict=False)]
                 print(f"{config} {scenario}: plane {np.mean([p[0] for p in row['plane']]):.2f} "
                       f"stack {np.mean([p[0] for p in row['stack']]):.2f} dB, worst plane "
                       f"{min(gap):+.3f}, best {max(gap):+.3f}", flush=True)
@@ -228,7 +230,7 @@ def peer(args) -> None:
                 cpu = time.process_time()
                 scores = [(round(peak_signal_noise_ratio(t, bm3d_plane(n), data_range=255), 3),
                            round(structural_similarity(t, bm3d_plane(n), data_range=255), 4))
-                          for n, t in zip(noisy, truth)]
+                          for n, t in zip(noisy, truth, strict=False)]
                 row = {"config": config, "scenario": scenario, "seed": args.seed,
                        "bm3d": scores,
                        "bm3d_cpu_s": round((time.process_time() - cpu) / 2 / len(noisy), 3)}
@@ -265,11 +267,11 @@ def real(args) -> None:
                    "plane_apply_cpu_s": round(out["off"][2] / len(planes), 3),
                    "stack_apply_cpu_s": round(out["auto"][2] / len(planes), 3),
                    "residual_std_plane": [round(float((p.astype(float) - o).std()), 3)
-                                          for p, o in zip(planes, plane_imgs)],
+                                          for p, o in zip(planes, plane_imgs, strict=False)],
                    "residual_std_stack": [round(float((p.astype(float) - o).std()), 3)
-                                          for p, o in zip(planes, stack_imgs)],
+                                          for p, o in zip(planes, stack_imgs, strict=False)],
                    "stack_minus_plane_std": [round(float((s.astype(float) - o).std()), 3)
-                                             for s, o in zip(stack_imgs, plane_imgs)],
+                                             for s, o in zip(stack_imgs, plane_imgs, strict=False)],
                    "weights": [i.get("stack_weights") for i in out["auto"][1]]}
             if args.save:
                 np.savez_compressed(Path(args.save) / f"{name}.npz", input=planes,
@@ -296,9 +298,13 @@ def summary(args) -> None:
           "plane / stack | mean weights (P, NLM(F), NLM(F|P), M, NLM(M), Wiener(F)) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        m = lambda k: np.mean([v[0] for v in r[k]]) if k in r else float("nan")
-        s = lambda k: np.mean([v[1] for v in r[k]]) if k in r else float("nan")
-        gap = min(a[0] - b[0] for a, b in zip(r["stack"], r["plane"]))
+        def m(k, r=r):
+            return np.mean([v[0] for v in r[k]]) if k in r else float("nan")
+
+        def s(k, r=r):
+            return np.mean([v[1] for v in r[k]]) if k in r else float("nan")
+
+        gap = min(a[0] - b[0] for a, b in zip(r["stack"], r["plane"], strict=False))
         weights = [w for w in r["weights"] if w]
         mean_w = ", ".join(f"{np.mean([w.get(k, 0.0) for w in weights]):.2f}" for k in (
             "plane", "nlm_mean", "nlm_mean_guided", "raw_neighbours", "nlm_neighbours",
@@ -312,11 +318,12 @@ def summary(args) -> None:
         print("\n| config | appearing patch, frames 1 and 3 (plane / stack dB) | frames 0, 2, 4 |")
         print("|---|---|---|")
         for r in patches:
-            cell = lambda frames: " ".join(
-                f"{r['plane_patch'][i][0]:.2f}/{r['stack_patch'][i][0]:.2f}" for i in frames)
+            def cell(frames, r=r):
+                return " ".join(f"{r['plane_patch'][i][0]:.2f}/{r['stack_patch'][i][0]:.2f}"
+                                for i in frames)
             print(f"| {r['config']} | {cell((1, 3))} | {cell((0, 2, 4))} |")
-    print("\nworst plane (stack - plane, dB) over all rows:",
-          f"{min(a[0] - b[0] for r in rows for a, b in zip(r['stack'], r['plane'])):+.3f}")
+    worst = min(a[0] - b[0] for r in rows for a, b in zip(r["stack"], r["plane"], strict=True))
+    print(f"\nworst plane (stack - plane, dB) over all rows: {worst:+.3f}")
 
 
 def main(argv=None) -> None:

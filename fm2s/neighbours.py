@@ -32,12 +32,13 @@ same whichever group, chunk or job it is computed in.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .classical import vst_nlm, vst_wiener, WIENER_PATCH
+from .classical import WIENER_PATCH, vst_nlm, vst_wiener
 from .denoise import (
     REGION_PIXELS,
     SURE_EPS,
@@ -215,7 +216,8 @@ def face_weights(noisy, candidates, probe, moved, variance, quant, tile, with_ri
             - 2 * np.einsum("k...,k...->...", drive, weights))
     gain = (gram[0, 0] - 2 * drive[0]) - risk
     heights, widths = np.diff(rows), np.diff(cols)
-    spread = lambda w: np.repeat(np.repeat(w, heights, axis=-2), widths, axis=-1)
+    def spread(w):
+        return np.repeat(np.repeat(w, heights, axis=-2), widths, axis=-1)
     change = sum(spread(weights[i]) * (candidates[i] - candidates[0]) for i in range(1, k))
     noise = 2.0 * np.sqrt(tile_sums((variance + quant) * change**2))
     keep = np.clip(gain / np.maximum(noise, 1e-300) - GUARD[0], 0.0, GUARD[1] - GUARD[0])
@@ -267,8 +269,6 @@ def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
             or prepared.noisy.size > REGION_PIXELS or prepared.constant
             or settings.noise_corr > 0):
         return apply_network(network, prepared, seed, device)
-    import time
-
     began = time.perf_counter()
     factor = network.factor(prepared)
     work = prepared.noisy * np.float32(factor)
