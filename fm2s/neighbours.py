@@ -10,19 +10,28 @@ side along the stack's axis, see :func:`neighbour_keys`):
 ``NLM(M)``
     non-local means of that mean, for its smaller noise (the noise model divided by their
     number);
-``NLM(F)``, ``NLM(F | P)``
+``NLM(F)``, ``NLM(F | P)``, ``Wiener(F)``
     non-local means of the mean ``F`` of the plane and its neighbours, classical and with the
-    patch similarities of ``P`` (moving structures weigh little where their patches differ).
+    patch similarities of ``P`` (moving structures weigh little where their patches differ),
+    and the empirical Wiener filter of ``F`` with the spectrum of ``NLM(F | P)``.
 
-``M`` and ``NLM(M)`` are functions of the neighbours alone, independent of the plane's noise:
-their divergence with respect to the plane is zero, so Stein's unbiased risk estimate of the
-blend ``y + w_P (P - y) + sum_k w_k (g_k - y)`` needs the probe only for ``P`` and the
-estimates of ``F`` (the plane's own probe, the same one plane mode uses; ``P`` on the probed
-plane keeps the plane-mode blend weights fixed). The weights are those of
-:func:`fm2s.denoise.sure_weight_maps` (non-negative, summing to at most one, the rest on ``y``),
-per tile of ``sure_tile`` pixels: where the neighbours show other structures (motion, a coarse
-z-step, structures that appear), their estimates' risk is high and the tile falls back to
-``P``. ``w_P = 1`` alone is ``P``, so the blend can always give the plane-mode result.
+Each neighbour is first aligned to ``P`` by a whole-pixel drift (:func:`drift`, at most
+:data:`MAX_DRIFT` pixels); the candidates are made from the aligned and from the unaligned
+neighbours, and the set of lower risk estimate is kept.
+
+``M`` and ``NLM(M)`` are functions of the neighbours alone (the drift is a piecewise-constant
+function of the plane): their divergence with respect to the plane is zero, so Stein's unbiased
+risk estimate of the blend ``sum_k w_k c_k`` (``c_0 = P``) needs the probe only for ``P`` and
+the estimates of ``F`` (the plane's own probe, the one plane mode uses; ``P`` on the probed
+plane keeps the plane-mode blend weights fixed). The weights (:func:`face_weights`) are
+non-negative and sum to one: on that face the noise's total variance drops out of the risk, so
+the neighbours' estimates are compared by ``||g - y||^2`` whatever the noise model's error
+(the input, whose own estimate rests wholly on that model, is already in ``P`` as far as plane
+mode chose). They are chosen per tile of ``sure_tile`` pixels and kept only where their
+estimated gain over ``P`` clears the estimate's own noise (:data:`GUARD`): where the
+neighbours show other structures (motion beyond the drift, a coarse z-step, structures that
+appear) the tile keeps ``P``. Planes whose noise model is a correlated one (whose broad part
+the risk estimate misses) get plane mode.
 
 The neighbours are raw input planes, read from the stack, never results: a plane's stack-mode
 result depends only on its own network, its own bytes and its neighbours' bytes, so it is the
