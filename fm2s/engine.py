@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -45,6 +45,7 @@ import torch
 from . import __version__
 from .devices import inference_batch, pack_size
 from .model import FM2SNet
+from .neighbours import REACH, apply_with_neighbours, neighbour_axis, neighbour_keys
 from .networks import Network, TrainingUnit, apply_network_batch, train_networks, unit_samples
 from .outputs import atomic_output
 from .prepare import (
@@ -483,9 +484,10 @@ def apply_model(
     keys = [PlaneKey(*map(int, k)) for k in (stack.plane_keys() if keys is None else keys)]
     warn = LowRangeWarning(model.settings, model.data_range)
     batch = inference_batch(device, stack.metadata.shape[3:])
+    near = stack_neighbours(stack, model.settings)
     for start in range(0, len(keys), batch):
         planes = [_prepare_for(stack, model, key, warn) for key in keys[start:start + batch]]
-        yield from _apply_batch(planes, model, device, batch)
+        yield from _apply_batch(planes, model, device, batch, near)
 
 
 class _Planned(NamedTuple):
@@ -518,9 +520,38 @@ def _prepare_for(stack, model: StackModel, key: PlaneKey, warn) -> _Planned:
     return _Planned(key, name, network, prepared, digest)
 
 
+def stack_neighbours(stack, settings: Settings, held: Mapping[PlaneKey, np.ndarray] | None = None
+                     ) -> Callable[[PlaneKey], list] | None:
+    """Stack mode (``settings.neighbours``): a function giving a plane's raw neighbouring
+    planes (:func:`fm2s.neighbours.neighbour_keys`), taken from `held` (planes already read)
+    or read from `stack`; None in plane mode, for a stack of one plane per channel, and for
+    blends without a risk estimate per candidate (the hand-set presets)."""
+    shape = stack.metadata.shape
+    if (settings.neighbours == "off" or neighbour_axis(shape) is None
+            or settings.blend not in ("sure-nlm", "sure-nlm-wiener")):
+        return None
+    recent: dict[PlaneKey, np.ndarray] = {}  # planes read in order: each is read about once
+
+    def near(key):
+        planes = []
+        for k in map(PlaneKey._make, neighbour_keys(key, shape)):
+            if held is not None and k in held:
+                planes.append(held[k])
+                continue
+            if k not in recent:
+                recent[k] = stack.read_plane(k)
+                while len(recent) > 4 * REACH + 2:
+                    del recent[next(iter(recent))]
+            planes.append(recent[k])
+        return planes
+
+    return near
+
+
 def _apply_batch(planes: list[_Planned], model: StackModel, device,
-                 batch: int) -> list[PlaneResult]:
-    """Results of prepared planes, in order; the planes of one network in one pass."""
+                 batch: int, near: Callable | None = None) -> list[PlaneResult]:
+    """Results of prepared planes, in order; the planes of one network in one pass (in stack
+    mode, with `near` giving a plane's neighbours, one plane at a time)."""
     results: list[PlaneResult | None] = [None] * len(planes)
     by_network: dict[str, list[int]] = {}
     for i, item in enumerate(planes):
@@ -530,9 +561,14 @@ def _apply_batch(planes: list[_Planned], model: StackModel, device,
             by_network.setdefault(item.name, []).append(i)
     for name, members in by_network.items():
         network = model.networks[name]
-        outputs = apply_network_batch(
-            network, [planes[i].prepared for i in members],
-            [plane_seed(model.seed, tuple(planes[i].key)) for i in members], device, batch)
+        seeds = [plane_seed(model.seed, tuple(planes[i].key)) for i in members]
+        if near is not None:
+            outputs = [apply_with_neighbours(network, planes[i].prepared, s, device,
+                                             near(planes[i].key))
+                       for i, s in zip(members, seeds, strict=True)]
+        else:
+            outputs = apply_network_batch(network, [planes[i].prepared for i in members],
+                                          seeds, device, batch)
         for i, result in zip(members, outputs, strict=True):
             result.seconds += network.seconds / max(1, len(network.trained_on))
             results[i] = result
@@ -603,12 +639,16 @@ def denoise_stack_planes(
         references = stack_noise(stack, settings, data_range)
     pack = pack_size(device)
     batch = inference_batch(device, stack.metadata.shape[3:])
+    held: dict[PlaneKey, np.ndarray] = {}  # the raw planes of the groups at hand
+    near = stack_neighbours(stack, settings, held)
     for start in range(0, len(plan), pack):
         groups = plan[start:start + pack]
         part, planned = _train(stack, settings, seed, data_range, device,
                                [g.index for g in groups], references, None, keep=True)
+        held.clear()
+        held.update((key, item.prepared.plane) for key, item in planned.items())
         keys = [k for g in groups for k in g.keys]
         for first in range(0, len(keys), batch):
             chunk = keys[first:first + batch]
             yield from zip(chunk, _apply_batch([planned.pop(k) for k in chunk], part, device,
-                                               batch), strict=True)
+                                               batch, near), strict=True)

@@ -158,7 +158,8 @@ def vanished_inputs(inputs: dict[str, Path], demo: str | None,
 
 def run_settings(config: dict[str, Any], *, demo: bool) -> Settings:
     """The run's :class:`~fm2s.settings.Settings`: ``denoise.preset``, ``recipe`` and
-    ``overrides``, then ``demo.overrides`` when the run is the demo, then ``per_plane``.
+    ``overrides``, then ``demo.overrides`` when the run is the demo, then ``per_plane`` and
+    ``neighbours``.
 
     Raises
     ------
@@ -169,6 +170,8 @@ def run_settings(config: dict[str, Any], *, demo: bool) -> Settings:
     overrides = {**denoise["overrides"], **(config["demo"]["overrides"] if demo else {})}
     if denoise["per_plane"]:
         overrides["group_size"] = 1
+    if denoise.get("neighbours") == "off":
+        overrides["neighbours"] = "off"
     try:
         return make_settings(denoise["preset"], denoise["recipe"], **overrides)
     except ValueError as error:

@@ -58,7 +58,9 @@ _BLENDS = ("none", "sure", "sure-nlm", "sure-nlm-wiener")
 _OPTIONAL = {"noise_model": "fm2s", "gain": 0.0, "read_var": 0.0, "noise_corr": 0.0,
              "noise_line_corr": 0.0,
              "blend": "none", "auto_fields": (), "turn_average": False,
-             "group_size": 1, "group_samples": 0, "sure_tile": 0}
+             "group_size": 1, "group_samples": 0, "sure_tile": 0, "neighbours": "off"}
+#: Values of ``Settings.neighbours`` (fm2s.neighbours).
+NEIGHBOURS = ("off", "auto")
 
 # Shared training of the fast recipe (fm2s.engine): consecutive planes of one channel whose
 # noise agrees share a network of up to GROUP_SIZE planes, trained for `samples` per plane up
@@ -88,7 +90,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         kernel_size=5, mean_clamp=(1e-5, 0.15), warmup_steps=0, samples=1500, steps_per_sample=1,
         lr=4e-3, lr_schedule="onecycle", lr_milestones=(), lr_gamma=1.0,
         crop_size=48, batch_size=7, precision="auto", turn_average=True,
-        group_size=GROUP_SIZE, group_samples=GROUP_SAMPLES,
+        group_size=GROUP_SIZE, group_samples=GROUP_SAMPLES, neighbours="auto",
     ),
 }
 
@@ -186,6 +188,13 @@ class Settings:
         per tile, the weights interpolated between tile centres
         (:func:`fm2s.blend.sure_weight_maps`). 0: one set of weights per plane, as always
         on correlated noise.
+    neighbours : {'off', 'auto'}
+        Stack mode (:mod:`fm2s.neighbours`): ``auto`` blends each plane of a stack, after
+        plane mode, with estimates from up to two raw neighbouring planes on each side (along
+        z in a z-stack, t in a time-lapse), per ``sure_tile`` tile by the same risk estimate,
+        so that tiles where the neighbours show other structures keep the plane-mode result.
+        Needs a ``sure-nlm`` or ``sure-nlm-wiener`` blend. Single planes, and stacks of one
+        plane per channel, are never affected. ``off``: plane mode.
     group_size : int
         In a stack, planes per shared network (:mod:`fm2s.engine`): consecutive planes of one
         channel whose noise agrees train one network together. 1: a network per plane (the
@@ -235,6 +244,7 @@ class Settings:
     group_size: int = _OPTIONAL["group_size"]
     group_samples: int = _OPTIONAL["group_samples"]
     sure_tile: int = _OPTIONAL["sure_tile"]
+    neighbours: str = _OPTIONAL["neighbours"]
 
     def __post_init__(self):
         # Normalise sequences read back from JSON to tuples, so equality and hashing hold.
@@ -306,6 +316,10 @@ class Settings:
             raise ValueError(msg)
         if not isinstance(self.turn_average, bool):
             msg = f"settings: turn_average must be true or false, got {self.turn_average!r}"
+            raise ValueError(msg)
+        if self.neighbours not in NEIGHBOURS:
+            msg = (f"settings: unknown neighbours {self.neighbours!r}; expected one of "
+                   f"{_choices(NEIGHBOURS)}")
             raise ValueError(msg)
         if self.blend not in _BLENDS:
             msg = f"settings: unknown blend {self.blend!r}; expected one of {_choices(_BLENDS)}"
