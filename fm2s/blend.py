@@ -232,11 +232,14 @@ def _solve_each(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         return solutions
 
 
-def nlm_blend(work, clean, probe, probed, moved, variance, quant, settings, device):
+def nlm_blend(work, clean, probe, probed, moved, variance, quant, settings, device, *,
+              on_probe: bool = False):
     """The ``sure-nlm`` blend of one plane, on the network's boosted scale (`settings` scaled
     to match), and its Wiener refinement for ``sure-nlm-wiener``: the network's output `clean`
-    and two non-local means weighed by their risk estimate. Returns the result and what its
-    info records (the weights' means over the plane, the tile, whether Wiener refined it).
+    and two non-local means weighed by their risk estimate. Returns the result, what its
+    info records (the weights' means over the plane, the tile, whether Wiener refined it) and,
+    with `on_probe`, the same blend (same weights) of the estimates on the probed plane
+    (stack mode's risk estimate needs it; else None).
     """
     complete = settings.noise_corr <= 0
     model = (settings.gain, settings.read_var + quant, lowfreq_gain(settings.noise_corr))
@@ -259,6 +262,8 @@ def nlm_blend(work, clean, probe, probed, moved, variance, quant, settings, devi
         weights = sure_weights(work, candidates, probe, shifted, variance, quant,
                                keep_input=complete)
     blend = work + sum(w * (c - work) for w, c in zip(weights, candidates, strict=True))
+    on_probed = None if not on_probe else (
+        probed + sum(w * (c - probed) for w, c in zip(weights, shifted, strict=True)))
     recorded = {name: float(f"{np.mean(w):.6g}") for name, w in zip(
         ("blend", "blend_nlm", "blend_guided_nlm"), weights, strict=True)}
     recorded["sure_tile"] = tile
@@ -270,4 +275,7 @@ def nlm_blend(work, clean, probe, probed, moved, variance, quant, settings, devi
         recorded["wiener"] = complete and min(work.shape) >= WIENER_PATCH
         if recorded["wiener"]:
             blend = vst_wiener(work, blend, *model[:2], settings.noise_line_corr, device=device)
-    return blend, recorded
+            if on_probed is not None:
+                on_probed = vst_wiener(probed, on_probed, *model[:2], settings.noise_line_corr,
+                                       device=device)
+    return blend, recorded, on_probed

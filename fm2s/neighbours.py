@@ -48,20 +48,21 @@ import numpy as np
 import torch
 
 from .blend import (
-    SURE_EPS,
     _least_risk_weights,
     _risk_terms,
-    sure_probe,
-    sure_variance,
-    sure_weight_maps,
-    sure_weights,
 )
-from .classical import WIENER_PATCH, vst_nlm, vst_wiener
+from .classical import vst_nlm, vst_wiener
 from .intensity import rounding_variance, to_dtype
-from .networks import REGION_PIXELS, Network, _scaled, apply_network
+from .networks import (
+    REGION_PIXELS,
+    Network,
+    RiskTerms,
+    _denoise_works,
+    _scaled,
+    apply_network,
+)
 from .noise import lowfreq_gain
 from .prepare import PlaneResult, PreparedPlane
-from .train import predict_batch
 
 __all__ = ["NEIGHBOUR_MODES", "REACH", "apply_with_neighbours", "neighbour_axis",
            "neighbour_keys", "stack_candidates"]
@@ -279,40 +280,15 @@ def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
     work = prepared.noisy * np.float32(factor)
     quant = factor**2 * rounding_variance(prepared.plane, prepared.scale)
     scaled = _scaled(settings, network.boost)
-    # Plane mode (fm2s.networks._denoise_works, fm2s.blend.nlm_blend), also on the probed plane.
-    clean = predict_batch(network.model, work[None], device,
-                          turn_average=scaled.turn_average).astype(np.float64)[0]
-    variance = sure_variance(clean, scaled)
-    probe = sure_probe(variance, scaled, quant, seed)
-    probed = (work + SURE_EPS * probe).astype(np.float32)
-    moved = predict_batch(network.model, probed[None], device,
-                          turn_average=scaled.turn_average)[0]
-    complete = scaled.noise_corr <= 0
+    terms: list[RiskTerms] = []
+    (plane,), (info,) = _denoise_works(network, work[None], [quant], [seed], [prepared.info],
+                                       device, None, terms)
+    (risk_terms,) = terms
+    probe, probed, variance = risk_terms.probe, risk_terms.probed, risk_terms.variance
+    plane_moved = risk_terms.blend_on_probe
+    info = dict(info)
     model = (scaled.gain, scaled.read_var + quant, lowfreq_gain(scaled.noise_corr))
-    candidates = [clean, vst_nlm(work, *model, device=device),
-                  vst_nlm(work, *model, guide=clean, device=device)]
-    shifted = [moved, vst_nlm(probed, *model, device=device),
-               vst_nlm(probed, *model, guide=moved, device=device)]
-    tile = scaled.sure_tile if complete else 0
-
-    def weigh(cands, moves):
-        if tile:
-            return sure_weight_maps(work, cands, probe, moves, variance, quant, tile)
-        return sure_weights(work, cands, probe, moves, variance, quant, keep_input=complete)
-
-    weights = weigh(candidates, shifted)
-    plane = work + sum(w * (c - work) for w, c in zip(weights, candidates, strict=True))
-    plane_moved = probed + sum(w * (c - probed) for w, c in zip(weights, shifted, strict=True))
-    info = dict(prepared.info or {"settings": settings.to_dict()})
-    info.update({name: float(f"{np.mean(w):.6g}") for name, w in zip(
-        ("blend", "blend_nlm", "blend_guided_nlm"), weights, strict=True)})
-    info["sure_tile"] = tile
-    if scaled.blend == "sure-nlm-wiener":
-        info["wiener"] = complete and min(work.shape) >= WIENER_PATCH
-        if info["wiener"]:
-            plane = vst_wiener(work, plane, *model[:2], scaled.noise_line_corr, device=device)
-            plane_moved = vst_wiener(probed, plane_moved, *model[:2], scaled.noise_line_corr,
-                                     device=device)
+    tile = info["sure_tile"]
     if STACK_TILE:
         tile = STACK_TILE
     # The neighbours on the plane's scale: the same DN -> work factor as the plane.

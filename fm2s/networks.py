@@ -249,12 +249,27 @@ def _apply_in_regions(network: Network, prepared: PreparedPlane, seed: int,
     return clean, info
 
 
+@dataclass
+class RiskTerms:
+    """What a plane's SURE blend was weighed with (stack mode weighs more candidates with it):
+    on the network's boosted scale, the probe, the probed plane, the noise variance per pixel,
+    the rounding variance, and the plane-mode blend of the estimates on the probed plane."""
+
+    probe: np.ndarray
+    probed: np.ndarray  # float32
+    variance: np.ndarray
+    quant: float
+    blend_on_probe: np.ndarray
+
+
 def _denoise_works(network: Network, works: np.ndarray, quants: Sequence[float],
                    seeds: Sequence[int], infos: Sequence[dict | None], device: torch.device,
-                   batch: int | None) -> tuple[np.ndarray, list[dict | None]]:
+                   batch: int | None, terms: list[RiskTerms] | None = None
+                   ) -> tuple[np.ndarray, list[dict | None]]:
     """The network's output on planes on its boosted scale (`works`, stacked, with the
     variance of their rounding `quants`), blended as its settings say; float64, that scale.
-    Returns the outputs and each plane's info (`infos`, with the blend's weights added)."""
+    Returns the outputs and each plane's info (`infos`, with the blend's weights added); with
+    a `terms` list (``sure-nlm`` blends), each plane's :class:`RiskTerms` are appended to it."""
     settings = _scaled(network.settings, network.boost)
     cleans = predict_batch(network.model, works, device, turn_average=settings.turn_average,
                            batch=batch).astype(np.float64)
@@ -275,8 +290,11 @@ def _denoise_works(network: Network, works: np.ndarray, quants: Sequence[float],
                 cleans[i] = weight * cleans[i] + (1.0 - weight) * works[i]
                 infos[i] = {**info, "blend": float(f"{weight:.6g}")}
                 continue
-            blend, recorded = nlm_blend(works[i], cleans[i], probes[i], probed[i], moved[i],
-                                         variances[i], quants[i], settings, device)
+            blend, recorded, on_probe = nlm_blend(
+                works[i], cleans[i], probes[i], probed[i], moved[i], variances[i], quants[i],
+                settings, device, on_probe=terms is not None)
             infos[i] = {**info, **recorded}
             cleans[i] = blend
+            if terms is not None:
+                terms.append(RiskTerms(probes[i], probed[i], variances[i], quants[i], on_probe))
     return cleans, infos

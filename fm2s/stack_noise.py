@@ -394,7 +394,8 @@ def provenance_record(models: dict[str, Any], plane_infos: dict[str, Any]) -> di
         entry = {"source": info.get("source"), "segment": info.get("segment"),
                  "plane_std_dn": info.get("plane_std_dn"), "blend": info.get("blend"),
                  **{k: settings.get(k, 0.0) for k in AUTO_FIELDS}}
-        for field in ("blend_nlm", "blend_guided_nlm", "sure_tile", "wiener"):  # sure-nlm blends
+        for field in ("blend_nlm", "blend_guided_nlm", "sure_tile", "wiener",  # sure-nlm blends
+                      "neighbours", "neighbour_shifts", "stack_weights"):  # stack mode
             if field in info:
                 entry[field] = info[field]
         if info.get("source") == "plane":
