@@ -251,14 +251,15 @@ def test_a_large_plane_is_applied_in_regions_without_seams(monkeypatch, caplog):
 
     import torch
 
+    from fm2s.prepare import prepare_plane
     from fm2s.synthetic import clean_plane, noisy_plane
 
-    engine = importlib.import_module("fm2s.denoise")
+    engine = importlib.import_module("fm2s.networks")
     clean = clean_plane((200, 300), seed=3)
     noisy = noisy_plane(clean, photons=40, seed=1, dtype=np.uint16)
     truth = clean * 65535
     cpu = torch.device("cpu")
-    prepared = engine.prepare_plane(noisy, make_settings("auto", steps=150), key=(0, 0, 0))
+    prepared = prepare_plane(noisy, make_settings("auto", steps=150), key=(0, 0, 0))
     network = engine.train_networks([engine.TrainingUnit((prepared,), 1)], cpu)[0]
     whole = engine.apply_network(network, prepared, 7, cpu)
     monkeypatch.setattr(engine, "REGION_PIXELS", 100 * 100)
