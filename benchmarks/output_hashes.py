@@ -7,8 +7,9 @@ Run by hand before and after a move, from the checkout to measure (CPU, one thre
     PYTHONPATH=. python benchmarks/output_hashes.py > after.txt
     diff before.txt after.txt        # no output: no pixel changed
 
-The inputs are made afresh each run from fixed seeds: an 8-bit plane and a plain 3-page 16-bit
-TIFF (each denoised by ``fm2s denoise`` into a TIFF and into an OME-Zarr store), a 2-channel
+The inputs are made afresh each run from fixed seeds: an 8-bit plane and a plain 16-bit TIFF of
+shape (3, 96, 96), which tifffile stores as 3 samples per pixel and fm2s reads as 3 channels
+(each denoised by ``fm2s denoise`` into a TIFF and into an OME-Zarr store), a 2-channel
 OME-TIFF z-stack and, where ``../shared/data`` is beside the checkout, a Nikon ND2 z-stack (into
 OME-Zarr). The stacks also go through the workflow (``snakemake``, two planes per job, so a chunk
 boundary falls inside each stack). A line per
@@ -57,7 +58,7 @@ def make_inputs(folder: Path) -> list[Path]:
                                 for z in range(3)]) for c in range(2)])
     tifffile.imwrite(folder / "stack.ome.tif", stack.astype(np.uint16)[None], ome=True,
                      metadata={"axes": "TCZYX"})
-    tifffile.imwrite(folder / "pages.tif", stack[1].astype(np.uint16))  # plain 3-page TIFF
+    tifffile.imwrite(folder / "pages.tif", stack[1].astype(np.uint16))  # 3 samples: 3 channels
     inputs = [folder / "plane.tif", folder / "pages.tif", folder / "stack.ome.tif"]
     if ND2.exists():
         os.symlink(ND2, folder / "zstack.nd2")
