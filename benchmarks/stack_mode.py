@@ -71,6 +71,7 @@ REAL = {
     "nd2-timelapse": "vendor_formats/example-timelapse.nd2",
     "mitocheck": "neubias_training_resources/image_data/mitocheck-movie",
     "golgi-z": "neubias_training_resources/image_data/xyz_calibrated_16bit__golgi_bfa.tif",
+    "celldivision-czi": "czitools_samples/CellDivision_T3_Z5_CH2_X240_Y170.czi",
 }
 PLANES = 5
 CROP = 256

@@ -19,8 +19,9 @@ from .noise import correlate_rows, correlated_normal, lowfreq_gain
 from .settings import Settings
 from .train import predict
 
-__all__ = ["SURE_EPS", "nlm_blend", "sure_blend_weight", "sure_probe", "sure_variance",
-           "sure_weight", "sure_weight_maps", "sure_weights"]
+__all__ = ["SURE_EPS", "Tiles", "least_risk_weights", "nlm_blend", "risk_terms",
+           "sure_blend_weight", "sure_probe", "sure_variance", "sure_weight", "sure_weight_maps",
+           "sure_weights", "tile_risk"]
 
 
 #: Size of the SURE probe's step, in noise standard deviations: small enough for a local
@@ -110,9 +111,9 @@ def sure_weights(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe: np.
     ndarray, float64, shape (len(candidates),)
         The weights (all 0 when the model has no noise or the plane equals every candidate).
     """
-    gram, drive, total = _risk_terms(noisy, candidates, probe, moved, variance,
+    gram, drive, total = risk_terms(noisy, candidates, probe, moved, variance,
                                      quantization_var, lambda x: x.sum(axis=(-2, -1)))
-    return _least_risk_weights(gram, drive, total, keep_input)
+    return least_risk_weights(gram, drive, total, keep_input)
 
 
 def sure_weight_maps(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe: np.ndarray,
@@ -141,27 +142,53 @@ def sure_weight_maps(noisy: np.ndarray, candidates: Sequence[np.ndarray], probe:
     """
     if tile < 1:
         raise ValueError(f"sure_weight_maps: tile must be >= 1 pixel, got {tile}")
-    height, width = noisy.shape
-    rows = np.linspace(0, height, max(1, round(height / tile)) + 1).round().astype(int)
-    cols = np.linspace(0, width, max(1, round(width / tile)) + 1).round().astype(int)
-
-    def tile_sums(x):  # (..., H, W) -> (..., rows, cols)
-        return np.add.reduceat(np.add.reduceat(x, rows[:-1], axis=-2), cols[:-1], axis=-1)
-
-    gram, drive, total = _risk_terms(noisy, candidates, probe, moved, variance,
-                                     quantization_var, tile_sums)
-    weights = _least_risk_weights(gram, drive, total)
-
-    def interpolation(edges, size):  # (size, tiles): linear in the tile centres, flat beyond
-        centres = (edges[:-1] + edges[1:] - 1) / 2.0
-        unit = np.eye(len(centres))
-        return np.stack([np.interp(np.arange(size), centres, u) for u in unit], axis=1)
-
-    across, along = interpolation(rows, height), interpolation(cols, width)
-    return across @ weights @ along.T
+    tiles = Tiles(noisy.shape, tile)
+    gram, drive, total = risk_terms(noisy, candidates, probe, moved, variance,
+                                     quantization_var, tiles.sums)
+    return tiles.interpolate(least_risk_weights(gram, drive, total))
 
 
-def _risk_terms(noisy, candidates, probe, moved, variance, quantization_var, sums):
+class Tiles:
+    """A plane of `shape` cut into about `tile` x `tile` pixel tiles (each axis into
+    ``max(1, round(side / tile))`` tiles of equal size, to the pixel; one tile where `tile` is
+    0): sums over each tile, and per-tile values interpolated bilinearly between tile
+    centres (flat beyond the outer centres)."""
+
+    def __init__(self, shape: tuple[int, int], tile: int) -> None:
+        self.shape = shape
+        self.rows, self.cols = (
+            np.linspace(0, side, max(1, round(side / tile)) + 1).round().astype(int) if tile
+            else np.array([0, side]) for side in shape)
+
+    def sums(self, x: np.ndarray) -> np.ndarray:
+        """(..., H, W) -> (..., rows, cols): the sum over each tile."""
+        return np.add.reduceat(np.add.reduceat(x, self.rows[:-1], axis=-2), self.cols[:-1],
+                               axis=-1)
+
+    def spread(self, x: np.ndarray) -> np.ndarray:
+        """(..., rows, cols) -> (..., H, W): each tile's value on all its pixels."""
+        return np.repeat(np.repeat(x, np.diff(self.rows), axis=-2), np.diff(self.cols), axis=-1)
+
+    def interpolate(self, x: np.ndarray) -> np.ndarray:
+        """(..., rows, cols) -> (..., H, W), bilinear between the tile centres."""
+        return (_interpolation(self.rows, self.shape[0]) @ x
+                @ _interpolation(self.cols, self.shape[1]).T)
+
+
+def _interpolation(edges: np.ndarray, size: int) -> np.ndarray:
+    """(size, tiles): linear in the tile centres, flat beyond."""
+    centres = (edges[:-1] + edges[1:] - 1) / 2.0
+    unit = np.eye(len(centres))
+    return np.stack([np.interp(np.arange(size), centres, u) for u in unit], axis=1)
+
+
+def tile_risk(weights: np.ndarray, gram: np.ndarray, drive: np.ndarray) -> np.ndarray:
+    """The risk estimate ``w' G w - 2 b' w`` of weights (k, ...) per problem (...)."""
+    return (np.einsum("j...,jk...,k...->...", weights, gram, weights)
+            - 2 * np.einsum("k...,k...->...", drive, weights))
+
+
+def risk_terms(noisy, candidates, probe, moved, variance, quantization_var, sums):
     """The terms of :func:`sure_weights`' risk, summed over pixels by `sums` (the whole plane,
     or each tile): the Gram matrix ``G`` (k, k, ...), the drive ``b = tr C - t`` (k, ...) and
     the noise's total variance ``tr C`` (...)."""
@@ -178,7 +205,7 @@ def _risk_terms(noisy, candidates, probe, moved, variance, quantization_var, sum
     return gram, total - traces, total
 
 
-def _least_risk_weights(gram: np.ndarray, drive: np.ndarray, total: np.ndarray | float,
+def least_risk_weights(gram: np.ndarray, drive: np.ndarray, total: np.ndarray | float,
                         keep_input: bool = True) -> np.ndarray:
     """The weights of :func:`sure_weights` from its risk terms ``w' G w - 2 b' w``: the
     Karush-Kuhn-Tucker point of least risk over the simplex, or over its face ``sum(w) = 1``

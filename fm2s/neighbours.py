@@ -47,10 +47,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .blend import (
-    _least_risk_weights,
-    _risk_terms,
-)
+from .blend import Tiles, least_risk_weights, risk_terms, tile_risk
 from .classical import vst_nlm, vst_wiener
 from .intensity import rounding_variance, to_dtype
 from .networks import (
@@ -204,44 +201,23 @@ def face_weights(noisy, candidates, probe, moved, variance, quant, tile, with_ri
     ``s`` (:data:`GUARD`), and are ``P`` alone below. Returns (k, H, W), or (k,) without
     tiles; `with_risk`: and the risk estimate of those weights summed over the tiles
     (relative to the noise's total variance)."""
-    height, width = noisy.shape
-    if tile:
-        rows = np.linspace(0, height, max(1, round(height / tile)) + 1).round().astype(int)
-        cols = np.linspace(0, width, max(1, round(width / tile)) + 1).round().astype(int)
-    else:
-        rows, cols = np.array([0, height]), np.array([0, width])
-
-    def tile_sums(x):
-        return np.add.reduceat(np.add.reduceat(x, rows[:-1], axis=-2), cols[:-1], axis=-1)
-
-    gram, drive, total = _risk_terms(noisy, candidates, probe, moved, variance, quant, tile_sums)
-    weights = _plane_where_empty(_least_risk_weights(gram, drive, total, keep_input=False))
+    tiles = Tiles(noisy.shape, tile)
+    gram, drive, total = risk_terms(noisy, candidates, probe, moved, variance, quant,
+                                     tiles.sums)
+    weights = _plane_where_empty(least_risk_weights(gram, drive, total, keep_input=False))
     # The guard: the estimated gain over P and its noise, per tile.
     k = len(candidates)
-    risk = (np.einsum("j...,jk...,k...->...", weights, gram, weights)
-            - 2 * np.einsum("k...,k...->...", drive, weights))
-    gain = (gram[0, 0] - 2 * drive[0]) - risk
-    heights, widths = np.diff(rows), np.diff(cols)
-    def spread(w):
-        return np.repeat(np.repeat(w, heights, axis=-2), widths, axis=-1)
-    change = sum(spread(weights[i]) * (candidates[i] - candidates[0]) for i in range(1, k))
-    noise = 2.0 * np.sqrt(tile_sums((variance + quant) * change**2))
+    gain = (gram[0, 0] - 2 * drive[0]) - tile_risk(weights, gram, drive)
+    change = sum(tiles.spread(weights[i]) * (candidates[i] - candidates[0]) for i in range(1, k))
+    noise = 2.0 * np.sqrt(tiles.sums((variance + quant) * change**2))
     keep = np.clip(gain / np.maximum(noise, 1e-300) - GUARD[0], 0.0, GUARD[1] - GUARD[0])
     keep = np.where(noise > 0, keep / (GUARD[1] - GUARD[0]), 1.0)
     weights = keep * weights + (1 - keep) * np.eye(k)[:, 0].reshape(k, *[1] * keep.ndim)
-    risk = float((np.einsum("j...,jk...,k...->...", weights, gram, weights)
-                  - 2 * np.einsum("k...,k...->...", drive, weights)).sum())
+    risk = float(tile_risk(weights, gram, drive).sum())
     if not tile:
         return (weights[:, 0, 0], risk) if with_risk else weights[:, 0, 0]
-
-    def interpolation(edges, size):
-        centres = (edges[:-1] + edges[1:] - 1) / 2.0
-        unit = np.eye(len(centres))
-        return np.stack([np.interp(np.arange(size), centres, u) for u in unit], axis=1)
-
-    maps = interpolation(rows, height) @ weights @ interpolation(cols, width).T
+    maps = tiles.interpolate(weights)
     return (maps, risk) if with_risk else maps
-
 
 def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
                           device: torch.device, neighbours: Sequence[np.ndarray]) -> PlaneResult:

@@ -270,7 +270,7 @@ def test_tile_weights_suit_each_region_of_a_mixed_plane():
 def test_tile_weights_are_each_tiles_own_least_risk_point():
     """All tiles are solved at once; each gets the weights it would get alone, degenerate
     ones included (no noise, candidates equal to the input, two equal candidates)."""
-    from fm2s.blend import _least_risk_weights
+    from fm2s.blend import least_risk_weights
 
     rng = np.random.default_rng(2)
     k, count = 3, 40
@@ -282,8 +282,8 @@ def test_tile_weights_are_each_tiles_own_least_risk_point():
     total = rng.uniform(0.5, 2.0, count)
     total[9] = 0.0  # no noise
     for keep_input in (True, False):
-        together = _least_risk_weights(gram, drive, total, keep_input)
-        alone = np.stack([_least_risk_weights(gram[:, :, p], drive[:, p], total[p], keep_input)
+        together = least_risk_weights(gram, drive, total, keep_input)
+        alone = np.stack([least_risk_weights(gram[:, :, p], drive[:, p], total[p], keep_input)
                           for p in range(count)], axis=1)
         np.testing.assert_allclose(together, alone, atol=1e-12)
         assert not together[:, 9].any()
