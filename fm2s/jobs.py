@@ -180,7 +180,11 @@ def train_groups(
         model = train_stack(job.stack, settings, seed=seed, data_range=data_range,
                             device=job.device, groups=list(groups))
         job.check_unchanged()
-    return model.save(output)
+    path = model.save(output)
+    shared = sum(1 for info in model.network_info.values() if info["shared"])
+    logger.info("wrote %s: %d network(s) (%d shared) for %d planes", path, len(model.networks),
+                shared, len(model.planes))
+    return path
 
 
 def denoise_chunk(
