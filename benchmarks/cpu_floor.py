@@ -22,9 +22,10 @@ as on an AVX2-only CPU.
 ``train``: one network trained on a synthetic 512 x 512 plane (:func:`fm2s.train.fit`, the
 ``fast`` recipe: 1,500 steps of 7 crops of 48 x 48), CPU-s per plane. ``parts``: the parts of
 one plane's apply (network inference with the half-turn, Wiener, classical and guided NLM)
-on that plane. ``stack``: :func:`fm2s.engine.denoise_stack_planes` on N synthetic planes,
-CPU-s per plane. ``fmd``: the FMD ``test_mix`` raw images denoised one by one with the default
-settings, PSNR per configuration (``--fields``: fields of view per configuration).
+on that plane. ``stack``: :func:`fm2s.engine.denoise_stack_planes` on a synthetic time-lapse
+of N planes (``--planes``) of each size (``--sizes``), CPU-s per plane and the mean PSNR
+against the clean planes. ``fmd``: the FMD ``test_mix`` raw images denoised one by one with
+the default settings, PSNR per configuration (``--fields``: fields of view per configuration).
 """
 
 from __future__ import annotations
@@ -128,20 +129,33 @@ out(**result)
 STACK = COMMON + r"""
 import tempfile, tifffile
 from pathlib import Path
+from skimage.metrics import peak_signal_noise_ratio
 from fm2s.engine import denoise_stack_planes
 from fm2s.stacks import open_stack
-planes = np.stack([plane(args["size"], seed=i % 8) for i in range(args["planes"])])
+size, count = args["size"], args["planes"]
+
+def truth(i):  # one object moving slowly through the stack (a time-lapse)
+    return clean_plane((size, size), seed=0, phase=0.02 * i, blobs=size // 8) * 255
+
+planes = np.stack([noisy_plane(truth(i) / 255, seed=100 + i) for i in range(count)])
 with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "stack.ome.tif"
     tifffile.imwrite(path, planes[None, None], ome=True, metadata={"axes": "TCZYX"})
     s = settings()
     cpu, wall = time.process_time(), time.perf_counter()
     with open_stack(path) as stack:
-        results = dict(denoise_stack_planes(stack, s, seed=0, device=torch.device("cpu")))
+        results = {k.z: r for k, r in denoise_stack_planes(stack, s, seed=0,
+                                                           device=torch.device("cpu"))}
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
 networks = len({(r.info or {}).get("network") for r in results.values()})
-out(cpu=cpu, wall=wall, planes=len(results), networks=networks)
+psnr = [peak_signal_noise_ratio(truth(i), results[i].image.astype(np.float64), data_range=255)
+        for i in range(count)]
+raw = [peak_signal_noise_ratio(truth(i), planes[i].astype(np.float64), data_range=255)
+       for i in range(0, count, max(1, count // 16))]
+out(cpu=cpu, wall=wall, planes=len(results), networks=networks, psnr=float(np.mean(psnr)),
+    raw=float(np.mean(raw)), module=fm2s.__file__)
 """
+
 
 FMD = COMMON + r"""
 from skimage.metrics import peak_signal_noise_ratio
@@ -221,13 +235,16 @@ def parts(args) -> None:
 
 def stack(args) -> None:
     trees = args.trees.split(",")
-    print("| planes | size | tree | CPU-s per plane | wall s per plane | networks |")
-    print("|---|---|---|---|---|---|")
+    print("| planes | size | tree | CPU-s per plane | wall s per plane | networks | PSNR dB "
+          "(noisy) |")
+    print("|---|---|---|---|---|---|---|")
     for count in (int(p) for p in args.planes.split(",")):
-        for tree in trees:
-            r = child(tree, STACK, {"size": args.size, "planes": count}, args.precision)
-            print(f"| {count} | {args.size} | {tree} | {r['cpu'] / count:.3f} | "
-                  f"{r['wall'] / count:.3f} | {r['networks']} |", flush=True)
+        for size in (int(s) for s in args.sizes.split(",")):
+            for tree in trees:
+                r = child(tree, STACK, {"size": size, "planes": count}, args.precision)
+                print(f"| {count} | {size} | {tree} | {r['cpu'] / count:.3f} | "
+                      f"{r['wall'] / count:.3f} | {r['networks']} | {r['psnr']:.2f} "
+                      f"({r['raw']:.2f}) |", flush=True)
 
 
 def fmd(args) -> None:
@@ -287,6 +304,7 @@ def main() -> None:
     parser.add_argument("--trees", default=".")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--sizes", default="512", help="stack: plane sizes (comma-separated)")
     parser.add_argument("--samples", type=int, default=1500)
     parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--precision", default="", help="stack, fmd: FM2S_AUTO_PRECISION")

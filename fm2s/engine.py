@@ -11,10 +11,21 @@ The planes of one channel, in ``(t, z)`` order, are cut into groups of
 indices alone, never from how planes are split into jobs. With ``auto`` each channel has one
 noise model (:class:`fm2s.stack_noise.StackNoise`), split into segments where the noise truly
 changes; within a group, the planes of one segment (every plane for the hand-set presets)
-train one shared network on crops drawn from all of them. A group of one plane, or a segment
-with one plane in the group, trains a network of its own, bitwise as the paper's network per
-plane (:func:`fm2s.denoise.iter_denoise_planes` with ``(t, c, z)`` keys). ``group_size=1`` is
-per-plane training throughout. Constant planes are their own result.
+share one network, trained on crops drawn from the group's training planes. A group of one
+plane, or a segment with one training plane in the group, trains a network of its own,
+bitwise as the paper's network per plane (:func:`fm2s.denoise.iter_denoise_planes` with
+``(t, c, z)`` keys). ``group_size=1`` is per-plane training throughout. Constant planes are
+their own result.
+
+Training planes: a network learns from crops, and 2^24 pixels of planes (64 of 512 x 512) give
+it more distinct crops than it ever draws, so a group trains on at most
+:data:`TRAINING_PIXELS` pixels of planes, evenly spaced over the group
+(:func:`training_keys`); only those are in memory while it trains, and the group's other
+planes are read, denoised and let go one by one. Training then costs the same whatever the
+group's size or its planes' size, and its share per plane falls as groups grow (256 planes of
+the ``fast`` recipe's group; ``--set group_size=N`` for more). A plane outside the training
+planes takes its group's network of its noise segment (nearest in plane order where a
+segment has several).
 
 Seeds: a plane's own network and its blend use ``plane_seed(seed, (t, c, z))``; a shared
 network uses ``plane_seed(seed, ("group", index))``, the network of a later segment in the
@@ -34,7 +45,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -58,18 +69,18 @@ from .prepare import (
     prepare_plane,
 )
 from .settings import Settings
-from .stack_noise import StackNoise
+from .stack_noise import StackNoise, sample_indices
 from .stacks import PlaneKey, StackError
 
-__all__ = ["GROUP_PIXELS", "MODEL_FORMAT", "Group", "ModelError", "StackModel", "apply_model",
+__all__ = ["MODEL_FORMAT", "TRAINING_PIXELS", "Group", "ModelError", "StackModel", "apply_model",
            "denoise_stack_planes", "group_seed", "plan_groups", "plane_sha256", "stack_noise",
-           "train_stack"]
+           "train_stack", "training_keys"]
 
 log = logging.getLogger(__name__)
 
-#: Most pixels of one group: a group's planes are in memory while its network trains, so a
-#: stack of large planes makes smaller groups (64 planes of 512 x 512, 4 of 2048 x 2048).
-GROUP_PIXELS = 1 << 24
+#: Most pixels of planes a group's networks train on (they are in memory meanwhile): 64
+#: planes of 512 x 512, 4 of 2048 x 2048, evenly spaced over the group (:func:`training_keys`).
+TRAINING_PIXELS = 1 << 24
 MODEL_FORMAT = "fm2s-model/1"
 
 
@@ -99,17 +110,17 @@ def plan_groups(keys: Sequence[tuple[int, int, int]], settings: Settings,
     keys : sequence of (t, c, z)
         Every plane of the stack.
     settings : Settings
-        ``group_size`` planes per group, fewer where the planes are so large that a group
-        would exceed :data:`GROUP_PIXELS`.
+        ``group_size`` planes per group (the last of a channel may have fewer).
     plane_shape : (int, int)
-        ``(y, x)`` of the stack's planes.
+        ``(y, x)`` of the stack's planes (unused: groups do not depend on the planes' size,
+        their training planes do, :func:`training_keys`).
 
     Returns
     -------
     list of Group
         Channel by channel, in plane order; every key in exactly one group.
     """
-    size = max(1, min(settings.group_size, GROUP_PIXELS // max(1, plane_shape[0] * plane_shape[1])))
+    size = settings.group_size
     by_channel: dict[int, list[PlaneKey]] = {}
     for key in sorted(PlaneKey(*map(int, k)) for k in keys):
         by_channel.setdefault(key.c, []).append(key)
@@ -119,6 +130,13 @@ def plan_groups(keys: Sequence[tuple[int, int, int]], settings: Settings,
         for start in range(0, len(members), size):
             groups.append(Group(len(groups), channel, tuple(members[start:start + size])))
     return groups
+
+
+def training_keys(group: Group, plane_shape: tuple[int, int]) -> tuple[PlaneKey, ...]:
+    """The planes a group's networks train on: all of them, or as many as
+    :data:`TRAINING_PIXELS` holds, evenly spaced in plane order (first and last included)."""
+    most = max(1, TRAINING_PIXELS // max(1, plane_shape[0] * plane_shape[1]))
+    return tuple(group.keys[i] for i in sample_indices(len(group.keys), most))
 
 
 def stack_noise(stack, settings: Settings, data_range: float | None = None) -> StackNoise:
@@ -264,8 +282,8 @@ class StackModel:
                                                   float(entry.get("seconds", 0.0)),
                                                   None if scale is None else float(scale))
             model.network_info[entry["id"]] = {
-                k: entry[k] for k in ("group", "channel", "shared", "samples", "digest",
-                                      "estimate") if k in entry}
+                k: entry[k] for k in ("group", "channel", "shared", "segment", "group_planes",
+                                      "samples", "digest", "estimate") if k in entry}
         return model
 
     @classmethod
@@ -340,61 +358,60 @@ def train_stack(
 
 
 def _train(stack, settings, seed, data_range, device, groups, references, progress,
-           keep: bool = False) -> tuple[StackModel, dict[PlaneKey, _Planned]]:
-    """:func:`train_stack`; with `keep`, also each plane of the groups prepared for applying
-    the model to it (so that a plane is read, hashed and prepared once)."""
+           reader: _Planes | None = None) -> tuple[StackModel, dict[PlaneKey, _Planned]]:
+    """:func:`train_stack`. With a `reader` (:func:`denoise_stack_planes`), also each
+    training plane prepared for applying the model to it (so that it is read, hashed and
+    prepared once); the groups' other planes are then left for :func:`_plan_plane` to do as
+    they are applied. Without, those are read once the networks are trained, to record which
+    network denoises each."""
     meta = stack.metadata
     plan = plan_groups(stack.plane_keys(), settings, meta.shape[3:])
     chosen = plan if groups is None else [plan[i] for i in groups]
     if settings.needs_estimate and references is None:
         references = stack_noise(stack, settings, data_range)
     model = StackModel(settings, int(seed), data_range, str(meta.path))
-    warn = LowRangeWarning(settings, data_range)
+    keep = reader is not None
+    reader = reader or _Planes(stack, LowRangeWarning(settings, data_range), references)
     pack = pack_size(device)
     # A batch of groups whose units train in grouped passes (one group at a time on CPU).
     batch: list[tuple[Group, list[TrainingUnit], list[str]]] = []
-    prepared: dict[PlaneKey, PreparedPlane] | None = {} if keep else None
+    prepared: dict[PlaneKey, tuple[PreparedPlane, str]] = {}
     pixels = 0
+
+    def train_batch():
+        _train_batch(batch, device, model, progress, None if keep else reader)
+
     for group in chosen:
-        units, names = _group_units(stack, group, settings, seed, data_range, references, warn,
-                                    model, prepared)
+        units, names = _group_units(group, seed, reader, model, prepared if keep else None)
         batch.append((group, units, names))
         pixels += sum(p.noisy.size for u in units for p in u.planes)
-        if len(batch) >= pack or pixels >= GROUP_PIXELS * 4:
-            _train_batch(batch, device, model, progress)
+        if len(batch) >= pack or pixels >= TRAINING_PIXELS * 4:
+            train_batch()
             batch, pixels = [], 0
     if batch:
-        _train_batch(batch, device, model, progress)
+        train_batch()
     if references is not None and hasattr(references, "record"):
         model.references = references.record()
     planned = {}
-    for key, item in (prepared or {}).items():
+    for key, (item, digest) in prepared.items():
         name = model.planes[key.label]["network"]
         planned[key] = _Planned(key, name, model.networks.get(name) if name else None, item,
-                                model.planes[key.label]["input_sha256"])
+                                digest)
     return model, planned
 
 
-def _group_units(stack, group: Group, settings, seed, data_range, references, warn, model,
-                 kept: dict[PlaneKey, PreparedPlane] | None):
-    """Read and prepare a group's planes (and keep them in `kept`, unless None); its
-    training units and their network ids."""
-    path = stack.metadata.path
+def _group_units(group: Group, seed: int, reader: _Planes, model: StackModel,
+                 kept: dict[PlaneKey, tuple[PreparedPlane, str]] | None):
+    """Read and prepare a group's training planes (and keep them in `kept`, unless None);
+    its training units and their network ids."""
     prepared: list[PreparedPlane] = []
-    for key in group.keys:
-        plane = stack.read_plane(key)
-        try:
-            item = prepare_plane(plane, settings, tuple(key), data_range=data_range,
-                                 noise_reference=references, what=f"plane t,c,z={key.label}",
-                                 warn=warn)
-        except ValueError as exc:
-            msg = f"{path}: cannot denoise: {exc}"
-            raise StackError(msg) from exc
+    for key in training_keys(group, reader.stack.metadata.shape[3:]):
+        item, digest = reader.prepare(key, model.settings, model.data_range)
         prepared.append(item)
         if kept is not None:
-            kept[key] = item
+            kept[key] = item, digest
         model.planes[key.label] = {"network": None, "group": group.index,
-                                   "input_sha256": plane_sha256(plane), "info": item.info}
+                                   "input_sha256": digest, "info": item.info}
     # Planes of one noise model share a network: a group's planes of one segment of its
     # channel (one acquisition setting), or every plane for the hand-set presets.
     parts: dict[int, list[PreparedPlane]] = {}
@@ -403,7 +420,7 @@ def _group_units(stack, group: Group, settings, seed, data_range, references, wa
         if p.constant:
             continue
         if p.info is None or p.info.get("source") == "stack":
-            parts.setdefault((p.info or {}).get("segment", 0), []).append(p)
+            parts.setdefault(_segment(p), []).append(p)
         else:
             own.append(p)
     units, names = [], []
@@ -423,11 +440,19 @@ def _group_units(stack, group: Group, settings, seed, data_range, references, wa
             model.planes[PlaneKey(*p.key).label]["network"] = name
         model.network_info[name] = {
             "group": group.index, "channel": group.channel, "shared": len(unit.planes) > 1,
+            "segment": _segment(unit.planes[0]), "group_planes": len(group.keys),
             "estimate": (unit.planes[0].info or {}).get("estimate")}
     return units, names
 
 
-def _train_batch(batch, device, model: StackModel, progress) -> None:
+def _segment(plane: PreparedPlane) -> int:
+    """The noise segment of a prepared plane's channel that it belongs to (0: the only one)."""
+    return (plane.info or {}).get("segment", 0)
+
+
+def _train_batch(batch, device, model: StackModel, progress, reader: _Planes | None) -> None:
+    """Train a batch's units; with a `reader`, then record the network of each of its groups'
+    other planes (:func:`_plan_plane`)."""
     units = [u for _, group_units, _ in batch for u in group_units]
     names = [n for _, _, group_names in batch for n in group_names]
     networks = train_networks(units, device)
@@ -441,8 +466,95 @@ def _train_batch(batch, device, model: StackModel, progress) -> None:
                  ", ".join(f"{n} on {len(model.networks[n].trained_on)} plane(s) in "
                            f"{model.networks[n].seconds:.1f} s" for n in group_names) or
                  "nothing to train (constant planes)")
+        if reader is not None:
+            for key in group.keys:
+                if key.label not in model.planes:
+                    _plan_plane(reader, model, group, key, device)
         if progress is not None:
             progress(group, model)
+
+
+def _plan_plane(reader: _Planes, model: StackModel, group: Group, key: PlaneKey,
+                device) -> _Planned:
+    """Read and prepare a plane of a trained group that was not one of its training planes,
+    and record the network that denoises it in `model`: its group's network of the plane's
+    noise segment, the shared one first, else the nearest in plane order. Where the group
+    has none (its training planes of that segment were all constant), the plane trains a
+    network of its own, as a group's only plane of a segment does."""
+    item, digest = reader.prepare(key, model.settings, model.data_range)
+    name = None
+    if not item.constant:
+        segment = _segment(item)
+        candidates = [(not info["shared"], _distance(model.networks[n], key), n)
+                      for n, info in model.network_info.items()
+                      if info["group"] == group.index and info.get("segment", 0) == segment]
+        if candidates:
+            name = min(candidates)[2]
+        else:
+            name = f"plane-{key.label}"
+            unit = TrainingUnit((item,), plane_seed(model.seed, tuple(key)))
+            model.network_info[name] = {
+                "group": group.index, "channel": group.channel, "shared": False,
+                "segment": segment, "group_planes": len(group.keys),
+                "estimate": (item.info or {}).get("estimate")}
+            _train_batch([(group, [unit], [name])], device, model, None, None)
+    model.planes[key.label] = {"network": name, "group": group.index, "input_sha256": digest,
+                               "info": item.info}
+    return _Planned(key, name, model.networks.get(name) if name else None, item, digest)
+
+
+def _distance(network: Network, key: PlaneKey) -> int:
+    """Planes between `key` and the nearest plane `network` was trained on."""
+    return min(max(abs(k[0] - key.t), abs(k[2] - key.z)) for k in network.trained_on)
+
+
+class _Planes:
+    """A stack's planes as the engine reads them: each read, checked, hashed and prepared in
+    one place, the last few raw planes kept (stack mode's neighbours are read ahead of their
+    turn) and a group's training planes held while the group is applied, so that a plane is
+    read about once."""
+
+    def __init__(self, stack, warn: LowRangeWarning | None = None, references=None):
+        self.stack, self.warn, self.references = stack, warn, references
+        self.held: dict[PlaneKey, np.ndarray] = {}
+        self._recent: dict[PlaneKey, np.ndarray] = {}
+
+    def read(self, key: PlaneKey) -> np.ndarray:
+        if key in self.held:
+            return self.held[key]
+        if key not in self._recent:
+            self._recent[key] = self.stack.read_plane(key)
+            self._trim()
+        return self._recent[key]
+
+    def release(self, key: PlaneKey) -> None:
+        """A held plane is done with: keep it only as one of the last few read."""
+        if key in self.held:
+            self._recent[key] = self.held.pop(key)
+            self._trim()
+
+    def _trim(self) -> None:
+        while len(self._recent) > 4 * REACH + 2:
+            del self._recent[next(iter(self._recent))]
+
+    def prepare(self, key: PlaneKey, settings: Settings, data_range: float | None
+                ) -> tuple[PreparedPlane, str]:
+        """The plane read and prepared (its ``auto`` settings from the stack's noise model),
+        and the SHA-256 of its bytes."""
+        plane = self.read(key)
+        return self.prepared(plane, key, settings, data_range, self.references), \
+            plane_sha256(plane)
+
+    def prepared(self, plane: np.ndarray, key: PlaneKey, settings: Settings,
+                 data_range: float | None, references=None) -> PreparedPlane:
+        """:func:`fm2s.prepare.prepare_plane`, its errors naming the stack."""
+        try:
+            return prepare_plane(plane, settings, tuple(key), data_range=data_range,
+                                 noise_reference=references, what=f"plane t,c,z={key.label}",
+                                 warn=self.warn)
+        except ValueError as exc:
+            msg = f"{self.stack.metadata.path}: cannot denoise: {exc}"
+            raise StackError(msg) from exc
 
 
 # -- applying ---------------------------------------------------------------------------------
@@ -482,11 +594,11 @@ def apply_model(
         ``input_sha256``: the raw plane's.
     """
     keys = [PlaneKey(*map(int, k)) for k in (stack.plane_keys() if keys is None else keys)]
-    warn = LowRangeWarning(model.settings, model.data_range)
+    reader = _Planes(stack, LowRangeWarning(model.settings, model.data_range))
     batch = inference_batch(device, stack.metadata.shape[3:])
-    near = stack_neighbours(stack, model.settings)
+    near = stack_neighbours(stack, model.settings, reader.read)
     for start in range(0, len(keys), batch):
-        planes = [_prepare_for(stack, model, key, warn) for key in keys[start:start + batch]]
+        planes = [_prepare_for(reader, model, key) for key in keys[start:start + batch]]
         yield from _apply_batch(planes, model, device, batch, near)
 
 
@@ -500,52 +612,32 @@ class _Planned(NamedTuple):
     input_sha256: str  # of the raw plane
 
 
-def _prepare_for(stack, model: StackModel, key: PlaneKey, warn) -> _Planned:
+def _prepare_for(reader: _Planes, model: StackModel, key: PlaneKey) -> _Planned:
     """Read a plane and find its network."""
-    path = stack.metadata.path
-    plane = stack.read_plane(key)
+    plane = reader.read(key)
     digest = plane_sha256(plane)
     entry = model.planes.get(key.label)
     exact = entry is not None and entry["input_sha256"] == digest
-    name = entry["network"] if exact else _nearest_network(model, key, path)
+    name = entry["network"] if exact else _nearest_network(model, key, reader.stack.metadata.path)
     network = model.networks.get(name) if name is not None else None
-    try:
-        prepared = prepare_plane(plane, network.settings if network else model.settings,
-                                 tuple(key), data_range=model.data_range,
-                                 what=f"plane t,c,z={key.label}", warn=warn)
-    except ValueError as exc:
-        msg = f"{path}: cannot denoise: {exc}"
-        raise StackError(msg) from exc
+    prepared = reader.prepared(plane, key, network.settings if network else model.settings,
+                               model.data_range)
     prepared.info = entry["info"] if exact else _reuse_info(model, name, network)
     return _Planned(key, name, network, prepared, digest)
 
 
-def stack_neighbours(stack, settings: Settings, held: Mapping[PlaneKey, np.ndarray] | None = None
+def stack_neighbours(stack, settings: Settings, read: Callable[[PlaneKey], np.ndarray] | None = None
                      ) -> Callable[[PlaneKey], list] | None:
     """Stack mode (``settings.neighbours``): a function giving a plane's raw neighbouring
-    planes (:func:`fm2s.neighbours.neighbour_keys`), taken from `held` (planes already read)
-    or read from `stack`; None in plane mode, for a stack of one plane per channel, and for
+    planes (:func:`fm2s.neighbours.neighbour_keys`), from `read` (default: the stack's planes,
+    the last few kept); None in plane mode, for a stack of one plane per channel, and for
     blends without a risk estimate per candidate (the hand-set presets)."""
     shape = stack.metadata.shape
     if (settings.neighbours == "off" or neighbour_axis(shape) is None
             or settings.blend not in ("sure-nlm", "sure-nlm-wiener")):
         return None
-    recent: dict[PlaneKey, np.ndarray] = {}  # planes read in order: each is read about once
-
-    def near(key):
-        planes = []
-        for k in map(PlaneKey._make, neighbour_keys(key, shape)):
-            if held is not None and k in held:
-                planes.append(held[k])
-                continue
-            if k not in recent:
-                recent[k] = stack.read_plane(k)
-                while len(recent) > 4 * REACH + 2:
-                    del recent[next(iter(recent))]
-            planes.append(recent[k])
-        return planes
-
-    return near
+    read = read or _Planes(stack).read
+    return lambda key: [read(k) for k in map(PlaneKey._make, neighbour_keys(key, shape))]
 
 
 def _apply_batch(planes: list[_Planned], model: StackModel, device,
@@ -570,7 +662,10 @@ def _apply_batch(planes: list[_Planned], model: StackModel, device,
             outputs = apply_network_batch(network, [planes[i].prepared for i in members],
                                           seeds, device, batch)
         for i, result in zip(members, outputs, strict=True):
-            result.seconds += network.seconds / max(1, len(network.trained_on))
+            # its share of the training, among the planes of the group it denoises
+            served = (model.network_info[name].get("group_planes", 1)
+                      if model.network_info[name]["shared"] else len(network.trained_on))
+            result.seconds += network.seconds / max(1, served)
             results[i] = result
     for item, result in zip(planes, results, strict=True):
         result.input_sha256 = item.input_sha256
@@ -639,16 +734,19 @@ def denoise_stack_planes(
         references = stack_noise(stack, settings, data_range)
     pack = pack_size(device)
     batch = inference_batch(device, stack.metadata.shape[3:])
-    held: dict[PlaneKey, np.ndarray] = {}  # the raw planes of the groups at hand
-    near = stack_neighbours(stack, settings, held)
+    reader = _Planes(stack, LowRangeWarning(settings, data_range), references)
+    near = stack_neighbours(stack, settings, reader.read)
     for start in range(0, len(plan), pack):
         groups = plan[start:start + pack]
         part, planned = _train(stack, settings, seed, data_range, device,
-                               [g.index for g in groups], references, None, keep=True)
-        held.clear()
-        held.update((key, item.prepared.plane) for key, item in planned.items())
-        keys = [k for g in groups for k in g.keys]
+                               [g.index for g in groups], references, None, reader)
+        reader.held = {key: item.prepared.plane for key, item in planned.items()}
+        group_of = {key: group for group in groups for key in group.keys}
+        keys = list(group_of)
         for first in range(0, len(keys), batch):
             chunk = keys[first:first + batch]
-            yield from zip(chunk, _apply_batch([planned.pop(k) for k in chunk], part, device,
-                                               batch, near), strict=True)
+            items = [planned.pop(k) if k in planned else
+                     _plan_plane(reader, part, group_of[k], k, device) for k in chunk]
+            yield from zip(chunk, _apply_batch(items, part, device, batch, near), strict=True)
+            for key in chunk:
+                reader.release(key)

@@ -65,7 +65,7 @@ NEIGHBOURS = ("off", "auto")
 # Shared training of the fast recipe (fm2s.engine): consecutive planes of one channel whose
 # noise agrees share a network of up to GROUP_SIZE planes, trained for `samples` per plane up
 # to GROUP_SAMPLES in all (benchmarks/shared.py; README "One network for many planes").
-GROUP_SIZE = 64
+GROUP_SIZE = 256
 GROUP_SAMPLES = 3000
 
 # Network and schedule. Step counts are optimiser steps; a "sample" is one fresh noise draw.

@@ -13,6 +13,7 @@ from fm2s import devices, inputs
 from fm2s._provenance import provenance
 from fm2s.cli import main
 from fm2s.devices import job_device
+from fm2s.engine import training_keys
 from fm2s.inputs import input_stamp, scan_folder, stack_name
 from fm2s.jobs import (
     JobPlan,
@@ -174,8 +175,11 @@ def test_job_plan_trains_whole_groups_and_names_each_chunk_its_models():
     assert plan.trainings == [[0, 1, 2], [3, 4, 5]]  # whole groups, TRAINING_JOB_PLANES at most
     assert plan.chunks[0] == (0, 7) and plan.chunk_trainings[0] == [0, 1]
     assert plan.groups[0].keys[:2] == ((0, 0, 0), (0, 0, 1))  # t, z order within a channel
-    big = JobPlan.of(keys, (2048, 2048), settings, planes_per_job=7)  # GROUP_PIXELS caps groups
-    assert {len(g.keys) for g in big.groups} == {4}
+    big = JobPlan.of(keys, (2048, 2048), settings, planes_per_job=7)  # size: training planes
+    assert big.groups == plan.groups
+    assert [len(training_keys(g, (2048, 2048))) for g in big.groups] == [4, 4, 2, 4, 4, 2]
+    assert training_keys(big.groups[0], (2048, 2048)) == ((0, 0, 0), (0, 0, 1), (0, 0, 3),
+                                                          (1, 0, 0))  # evenly spaced
     alone = JobPlan.of(keys, (64, 64), settings.replace(group_size=1), planes_per_job=32)
     assert len(alone.groups) == 24 and alone.trainings == [list(range(16)), list(range(16, 24))]
 

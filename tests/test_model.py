@@ -175,3 +175,57 @@ def test_a_stack_denoised_group_by_group_reads_each_plane_once(tmp_path):
     for key, result in together.items():
         np.testing.assert_array_equal(result.image, apart[key].image)
         assert result.info == apart[key].info
+
+
+@pytest.mark.parametrize("preset", ["confocal", "auto"])
+def test_a_group_larger_than_its_training_planes_denoises_every_plane(tmp_path, monkeypatch,
+                                                                      preset):
+    """A group trains on its evenly spaced training planes (engine.TRAINING_PIXELS) and its
+    network denoises the others too, read once each as they are applied, with the pixels of
+    train_stack followed by apply_model (the workflow's jobs); the planes it never saw
+    improve as much as those it trained on."""
+    import tifffile
+
+    import fm2s.engine as engine
+    from fm2s.settings import make_settings
+    from fm2s.stacks import open_stack
+    from fm2s.synthetic import clean_plane, noisy_plane
+
+    clean = np.stack([clean_plane((48, 48), seed=i % 3, blobs=6) for i in range(7)])
+    noisy = np.stack([noisy_plane(c, seed=10 + i) for i, c in enumerate(clean)])
+    path = tmp_path / "s.ome.tif"
+    tifffile.imwrite(path, noisy[None, None], ome=True, metadata={"axes": "TCZYX"})
+    monkeypatch.setattr(engine, "TRAINING_PIXELS", 3 * 48 * 48)
+    settings = make_settings(preset, steps=60, crop_size=24, batch_size=4,
+                             precision="float32", group_size=7)
+    cpu = torch.device("cpu")
+    with open_stack(path) as stack:
+        reads = []
+        original = stack.read_plane
+
+        def counted(key):
+            reads.append(tuple(key))
+            return original(key)
+
+        stack.read_plane = counted
+        together = dict(engine.denoise_stack_planes(stack, settings, seed=0, device=cpu))
+        if preset == "confocal":  # auto also reads the planes its noise model samples
+            assert sorted(reads) == sorted(map(tuple, stack.plane_keys()))
+        model = engine.train_stack(stack, settings, seed=0, device=cpu)
+        apart = dict(zip(stack.plane_keys(), engine.apply_model(stack, model, device=cpu),
+                         strict=True))
+    assert [k[2] for k in model.networks["group-0"].trained_on] == [0, 3, 6]
+    assert set(model.networks) == {"group-0"}
+    assert {entry["network"] for entry in model.planes.values()} == {"group-0"}
+    assert all(entry["input_sha256"] for entry in model.planes.values())
+    errors = {}
+    for key, result in together.items():
+        np.testing.assert_array_equal(result.image, apart[key].image)
+        assert result.info == apart[key].info
+        truth = clean[key.z] * 255
+        errors[key.z] = (np.mean((result.image - truth) ** 2), np.mean((noisy[key.z] - truth) ** 2))
+    for z, (denoised, raw) in errors.items():
+        assert denoised < 0.5 * raw, z  # every plane got better
+    unseen = np.mean([errors[z][0] / errors[z][1] for z in (1, 2, 4, 5)])
+    seen = np.mean([errors[z][0] / errors[z][1] for z in (0, 3, 6)])
+    assert unseen < 1.2 * seen
