@@ -534,7 +534,16 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
     itself = float(_fast_exp(torch.zeros(())))  # the pixel's own weight
     slope = scale * -_SCHRAUDOLPH  # distance to the high bits of exp(-distance)
     offset = torch.tensor(-2.0 * (patch_size - 1) ** 2 * slope, dtype=torch.float32, device=device)
-    limit = NLM_CUTOFF * -_SCHRAUDOLPH
+    # Beyond NLM_CUTOFF a pair weighs nothing: a `high` (float32) below the cut-off's float32
+    # becomes the integer `below`, under the integer part of any kept one, so that its weight
+    # is less than any kept pair's (the bits are the integer part, and grow with it) and a
+    # threshold sets it to 0. Two thresholds instead of a comparison and a masked fill, which
+    # torch runs slowly on a CPU (0.05 of 0.12 s). The same weights.
+    limit = float(np.float32(NLM_CUTOFF * -_SCHRAUDOLPH))
+    kept = float(np.nextafter(np.float32(limit), np.float32(-np.inf)))  # high > kept: kept
+    below = float(np.floor(limit) - 1.0)
+    assert np.trunc(limit) > below == float(np.float32(below))
+    dropped = float(_fast_exp_bits(torch.tensor([below], dtype=torch.float32))[0])
 
     def means(padded):  # one band of rows
         total, weights = padded * itself, torch.full_like(padded, itself)
@@ -544,8 +553,8 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
             # the (s - 1)^2 window (complete at every pixel that reaches the output), scaled
             # at once to the high bits of _fast_exp's float64: one pass.
             high = torch.add(offset, _box_sums(squares, 1 - radius, radius), alpha=slope)
-            cut = high < limit  # beyond NLM_CUTOFF
-            weight = _fast_exp_bits(high.clamp_max_(0.0)).masked_fill_(cut, 0.0)
+            high = F.threshold_(high, kept, below).clamp_max_(0.0)
+            weight = F.threshold_(_fast_exp_bits(high), dropped, 0.0)
             _add_pair(total, weights, padded, weight, here, there)
         return total / weights
 
