@@ -2,15 +2,19 @@
 
 Non-local means, the classical and the guided estimates of the ``sure-nlm`` blend
 (:func:`fm2s.blend.sure_weights`), in torch on the network's device: no training, about
-0.1 s per pass (classical or guided) over a 512 x 512 plane with white noise on one core (a
-2048 x 2048 plane, in bands of rows: 1.6-1.9 and 1.3-1.5 s); with the 11 x 11 patches of a
-wide-field camera's correlated noise about 0.55 and 0.4 s. Their errors differ from the
-network's: they keep fine repeated texture that the network smooths, and average the broad
-correlated noise of wide-field cameras over larger patches than the network sees.
+0.09 and 0.08 s per pass (classical, guided) over a 512 x 512 plane with white noise on one
+core (AVX-512), within 2x of what torch's one-operation passes over the plane can cost
+(``benchmarks/cpu_floor.py floor``: about 20 and 17 operations per pixel for each of the 84
+offsets of half the search window, 0.06 and 0.05 s at the in-cache rate of such passes); with
+the 11 x 11 patches of a wide-field camera's correlated noise about 0.5 and 0.4 s. Their
+errors differ from the network's: they keep fine repeated texture that the network smooths,
+and average the broad correlated noise of wide-field cameras over larger patches than the
+network sees.
 
 The empirical Wiener filter of :func:`vst_wiener` refines that blend on white-noise planes
-(the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 0.3 s per
-512 x 512 plane on one core.
+(the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 0.06 s
+per 512 x 512 plane on one core, its DCTs as matrix products (floor 0.013 s fused, 0.027 s
+as torch's passes).
 """
 
 from __future__ import annotations
@@ -190,10 +194,12 @@ def vst_wiener(plane: np.ndarray, pilot: np.ndarray, gain: float, read_var: floa
     keeps what the pilot says is signal from the plane itself.
 
     The transforms are separable and run as matrix products (:func:`_wiener_sums`): 16
-    multiply-adds per coefficient each way instead of the 64 of a 2-D one, about 1 GFLOP for
-    a 512 x 512 plane (analyses of the plane and the pilot, one synthesis). On one CPU core
-    (AVX-512, float32 matrix products at about 100 GFLOP/s) that is 0.01 s; the shrinkage's
-    passes over the 17 M coefficients, each a few ms, take as long again: 0.04-0.05 s in all.
+    multiply-adds per coefficient each way instead of the 64 of a 2-D one, 0.93 GFLOP for a
+    512 x 512 plane (analyses of the plane and the pilot, one synthesis): 0.01 s at one
+    AVX-512 core's float32 GEMM peak (about 100 GFLOP/s), 0.025 s as run (their inner
+    dimension of 8 keeps them near 40 GFLOP/s). The shrinkage makes 8 passes over the
+    17 M coefficients, in cache, 0.015-0.02 s: about 0.06 s in all, against 0.18-0.3 s for
+    the 64-channel convolutions that it replaces (the same sums, to float rounding).
 
     Parameters
     ----------
@@ -440,12 +446,28 @@ def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
 
     def means(z, g):  # one band of rows
         total, weights = z.clone(), torch.ones_like(z)  # the pixel itself, with weight 1
+        # The squared differences go inside a border of `half` zeros, whose box sums are then
+        # those of the plane's own pixels: two passes fewer per offset than padding each
+        # axis in turn, the same floats.
+        squares = torch.zeros((z.shape[0] + 2 * half, z.shape[1] + 2 * half), dtype=z.dtype,
+                              device=device)
         for here, there in _offset_pairs(*z.shape, reach):
-            rows = _window_factors(here[0].stop - here[0].start, patch_size, scale, device)
-            cols = _window_factors(here[1].stop - here[1].start, patch_size, 1.0, device)
+            count_rows, count_cols = (axis.stop - axis.start for axis in here)
+            rows = _window_factors(count_rows, patch_size, scale, device)
+            cols = _window_factors(count_cols, patch_size, 1.0, device)
+            framed = squares[:count_rows + 2 * half, :count_cols + 2 * half]
+            if half:  # the border, where the last offset's pixels may lie
+                framed[:half].zero_()
+                framed[-half:].zero_()
+                framed[:, :half].zero_()
+                framed[:, -half:].zero_()
+            inside = framed[half:half + count_rows, half:half + count_cols]
+            torch.sub(g[here], g[there], out=inside).square_()
             # -d / h^2: the box sums of the squared differences over the window's pixels,
             # times scale / rows and 1 / columns of the window in the plane
-            distance = _box_sums(F.mse_loss(g[here], g[there], reduction="none"), -half, half)
+            distance = _box_sums(framed, -half, half, pad=False)
+            if not half:  # the box is the pixel: a view of `squares`
+                distance = distance.clone()
             weight = distance.mul_(rows[:, None]).mul_(cols).exp_()
             _add_pair(total, weights, z, weight, here, there)
         return total / weights
@@ -550,12 +572,15 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
         for here, there in _offset_pairs(*padded.shape, patch_distance):
             squares = F.mse_loss(padded[here], padded[there], reduction="none")
             # The box sums of squared differences less twice the noise variance per pixel of
-            # the (s - 1)^2 window (complete at every pixel that reaches the output), scaled
-            # at once to the high bits of _fast_exp's float64: one pass.
-            high = torch.add(offset, _box_sums(squares, 1 - radius, radius), alpha=slope)
+            # the (s - 1)^2 window, scaled at once to the high bits of _fast_exp's float64:
+            # one pass. Only where the window lies within the pair's pixels (no zero padding:
+            # the pixels within the window's reach of the edges are margin, never output).
+            box = _box_sums(squares, 1 - radius, radius, pad=False)
+            high = torch.add(offset, box, alpha=slope)
             high = F.threshold_(high, kept, below).clamp_max_(0.0)
             weight = F.threshold_(_fast_exp_bits(high), dropped, 0.0)
-            _add_pair(total, weights, padded, weight, here, there)
+            _add_pair(total, weights, padded, weight, _inset(here, radius - 1, radius),
+                      _inset(there, radius - 1, radius))
         return total / weights
 
     padded = torch.as_tensor(np.pad(np.asarray(values, dtype=np.float64), margin, mode="reflect"),
@@ -585,20 +610,27 @@ def _fast_exp_bits(high: torch.Tensor) -> torch.Tensor:
     return bits.bitwise_left_shift_(3).view(torch.float32)
 
 
-def _box_sums(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+def _box_sums(x: torch.Tensor, first: int, last: int, pad: bool = True) -> torch.Tensor:
     """Sums of ``x[..., i + k, j + l]`` over ``first <= k, l <= last`` (``first <= 0 <= last``)
     at each pixel ``(i, j)`` of the planes ``x`` (..., H, W), zeros outside: along each axis,
     the plane padded with zeros, then sums of 2, 4, 8 ... neighbours by doubling, so a window
-    of ``w`` pixels costs about ``1 + log2(w)`` passes over the plane instead of ``w``."""
+    of ``w`` pixels costs about ``1 + log2(w)`` passes over the plane instead of ``w``.
+    Without `pad`, only at the pixels whose window lies within the plane (``-first <= i <
+    H - last``, the same along ``j``), with the same floats there."""
     for axis in (-2, -1):
-        x = _window_sums(x, axis, first, last)
+        x = _window_sums(x, axis, first, last, pad)
     return x
 
 
-def _window_sums(x: torch.Tensor, axis: int, first: int, last: int) -> torch.Tensor:
-    """``out[i] = sum(x[i + k] for first <= k <= last)`` along `axis`, zeros outside."""
+def _window_sums(x: torch.Tensor, axis: int, first: int, last: int,
+                 pad: bool = True) -> torch.Tensor:
+    """``out[i] = sum(x[i + k] for first <= k <= last)`` along `axis`, zeros outside; without
+    `pad`, for ``-first <= i < length - last`` only."""
     length, width = x.shape[axis], last - first + 1
-    sums = F.pad(x, _pad_spec(x.dim(), axis, -first, last))
+    if pad:
+        sums = F.pad(x, _pad_spec(x.dim(), axis, -first, last))
+    else:
+        sums, length = x, length - width + 1
     # sums[j] is the sum of `size` consecutive padded pixels from j (length + width - size)
     result, offset, size = None, 0, 1
     while True:
@@ -612,6 +644,12 @@ def _window_sums(x: torch.Tensor, axis: int, first: int, last: int) -> torch.Ten
         sums = sums.narrow(axis, 0, count) + sums.narrow(axis, size, count)
         size *= 2
     return result
+
+
+def _inset(pixels: tuple[slice, slice], before: int, after: int) -> tuple[slice, slice]:
+    """The slices `pixels` (rows, columns), less `before` at their start and `after` at their
+    end."""
+    return tuple(slice(axis.start + before, axis.stop - after) for axis in pixels)
 
 
 def _pad_spec(dims: int, axis: int, before: int, after: int) -> list[int]:
