@@ -263,16 +263,16 @@ def floor(args) -> None:
 
     Matrix products count at the float32 GEMM peak (1024^3). Passes over arrays count at the
     rate of one elementwise multiply over an array that stays in cache (0.5 MB, the size of
-    the Wiener filter's and the NLM bands' arrays): a fused kernel would do several of these
-    operations per load, so that rate times the operations is what torch's one-operation
-    passes cost at best. Wiener: ``fused`` counts its 7 operations per coefficient (p^2,
-    + s^2, /, x c, shrink^2, sum, x weight) as one pass's worth each; ``as written`` counts
-    the passes the torch code makes (8, the products included). NLM: the operations per
-    pixel and offset of one pass (classical: difference, square, box sums of (s - 1)^2 = 16
-    pixels by doubling 2 + 2 adds and the zero padding's 2 copies, the distance's scale and
-    offset, cut-off, clamp, 3 for Schraudolph's exponential, mask; guided: difference,
-    square, box sums of 25 by doubling 3 + 3 plus 2 copies, 2 scalings, exp; both: 2 + 2 to
-    add the pair both ways) over the padded band's pixels, for the 84 offsets of half the
+    the Wiener filter's and the NLM bands' arrays): what torch's one-operation passes cost
+    at best (``as written``). A fused kernel's floor counts each operation at one per vector
+    lane and cycle, half the GEMM peak's rate (where a multiply-add counts 2). Wiener: 7
+    operations per coefficient (p^2, + s^2, /, x c, shrink^2, sum, x weight); as passes, 8.
+    NLM: the operations per pixel and offset of one pass as the code makes them (classical:
+    the squared difference, box sums of (s - 1)^2 = 16 pixels by doubling 2 + 2 adds, the
+    distance's scale and offset, 2 thresholds and a clamp for the cut-off, 3 for
+    Schraudolph's exponential; guided: difference and square, box sums of 25 by doubling
+    3 + 3 adds, 2 scalings, exp; both: 2 + 2 to add the pair both ways) over the pixels of
+    the pass's plane (classical: reflected by 9 pixels), for the 84 offsets of half the
     13 x 13 search window.
     """
     import time
@@ -329,7 +329,7 @@ def floor(args) -> None:
           f"{wiener_gemm + 8 * coefficients / passes:.3f} s as written")
     band = (n + 2 * (2 + 6 + 1)) ** 2  # the classical pass's reflected plane
     offsets = (13 * 13 - 1) // 2
-    classical_ops, guided_ops = 2 + 4 + 2 + 2 + 2 + 3 + 1 + 4, 2 + 6 + 2 + 2 + 1 + 4
+    classical_ops, guided_ops = 1 + 4 + 1 + 3 + 3 + 4, 2 + 6 + 2 + 1 + 4
     for name, ops, pixels_ in (("classical", classical_ops, band), ("guided", guided_ops, n * n)):
         work = ops * offsets * pixels_
         print(f"NLM {name}: {offsets} offsets x {ops} operations x {pixels_ / 1e3:.0f} k pixels "

@@ -243,6 +243,9 @@ def vst_wiener(plane: np.ndarray, pilot: np.ndarray, gain: float, read_var: floa
 #: On a CPU, the Wiener filter takes this many rows of patches at a time: their coefficients
 #: (0.5 MB a row of 512 patches) then stay in the core's cache between passes.
 WIENER_CPU_BAND = 4
+#: Elsewhere (a GPU), at most this many: the banded matrix that puts a band's patches back
+#: along columns (:func:`_band_matrix`) holds ``(band + s - 1) / s`` times the products needed.
+WIENER_GPU_BAND = 32
 #: Pixels put back along a row per matrix product (:func:`_wiener_sums`).
 WIENER_BACK_BLOCK = 16
 #: Rows of slack in :func:`_wiener_sums`' buffers of rows, so that they slide (a copy of the
@@ -275,7 +278,8 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
     ``r + s`` of ``h`` being a plain strided view: a batch of ``(s, s) @ (s, (W + s - 1) s)``
     products, nothing copied. Putting back is the adjoint in reverse order:
     ``taper_cos.T @ C'[r]`` (``taper_cos[u, i] = cos[u, i] kaiser[i]``) added to the rows ``r``
-    to ``r + s``; once a row has all its patches, windows of ``(k + s - 1) s`` of its sums
+    to ``r + s``, for a band's rows of patches at once by one banded matrix
+    (:func:`_band_matrix`); once a row has all its patches, windows of ``(k + s - 1) s`` of its sums
     every ``k s`` times one ``((k + s - 1) s, k)`` matrix give ``k = WIENER_BACK_BLOCK`` pixels.
 
     A band of rows of patches at a time (``WIENER_CPU_BAND`` on a CPU): its coefficients are
@@ -291,8 +295,8 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
     across = width + size - 1  # along each row
     count = across * size  # coefficients (c, v) of a row of patches, per u
     f32 = dict(dtype=torch.float32, device=device)
-    band = WIENER_CPU_BAND if device.type == "cpu" else max(
-        1, WIENER_BATCH_COEFFICIENTS // (size * count))
+    band = WIENER_CPU_BAND if device.type == "cpu" else min(
+        WIENER_GPU_BAND, max(1, WIENER_BATCH_COEFFICIENTS // (size * count)))
     band = min(band, corners)
     reach = band + size - 1  # rows of h and of the sums that a band touches
     rows_h = _RowTransform(values, cosines, reach)
