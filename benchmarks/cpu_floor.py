@@ -219,18 +219,24 @@ def train(args) -> None:
 
 
 def parts(args) -> None:
+    """Each tree's parts side by side, for each kind of CPU in ``--precision`` (a comma list:
+    ``native`` or empty for this CPU as it is, ``avx2`` for an AVX2-only one)."""
     trees = args.trees.split(",")
-    results = {tree: child(tree, PARTS, {"size": args.size, "repeats": args.repeats}, "")
-               for tree in trees}
-    names = [n for n in results[trees[0]] if not n.startswith("_")]
-    print("| part | " + " | ".join(f"{t} CPU-s (wall)" for t in trees) + " |")
-    print("|---|" + "---|" * len(trees))
-    for name in names:
-        cells = [f"{results[t][name][0]:.3f} ({results[t][name][1]:.3f})" for t in trees]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    for name in names:
-        checks = [results[t]["_check"][name] for t in trees]
-        print(f"check sum {name}: " + ", ".join(f"{c:.6f}" for c in checks))
+    for precision in args.precision.split(","):
+        kind = "" if precision == "native" else precision
+        results = {tree: child(tree, PARTS, {"size": args.size, "repeats": args.repeats}, kind)
+                   for tree in trees}
+        names = [n for n in results[trees[0]] if not n.startswith("_")]
+        print(f"\nCPU kind: {kind or 'native'}, {args.size} x {args.size} plane, "
+              f"median of {args.repeats}")
+        print("| part | " + " | ".join(f"{t} CPU-s (wall)" for t in trees) + " |")
+        print("|---|" + "---|" * len(trees))
+        for name in names:
+            cells = [f"{results[t][name][0]:.3f} ({results[t][name][1]:.3f})" for t in trees]
+            print(f"| {name} | " + " | ".join(cells) + " |")
+        for name in names:
+            checks = [results[t]["_check"][name] for t in trees]
+            print(f"check sum {name}: " + ", ".join(f"{c:.6f}" for c in checks), flush=True)
 
 
 def stack(args) -> None:
@@ -270,32 +276,82 @@ def fmd(args) -> None:
 
 
 def floor(args) -> None:
+    """This core's rates, and each part's floor from them (issue 41).
+
+    Matrix products count at the float32 GEMM peak (1024^3). Passes over arrays count at the
+    rate of one elementwise multiply over an array that stays in cache (0.5 MB, the size of
+    the Wiener filter's and the NLM bands' arrays): what torch's one-operation passes cost
+    at best (``as written``). A fused kernel's floor counts each operation at one per vector
+    lane and cycle, half the GEMM peak's rate (where a multiply-add counts 2). Wiener: 7
+    operations per coefficient (p^2, + s^2, /, x c, shrink^2, sum, x weight); as passes, 8.
+    NLM: the operations per pixel and offset of one pass as the code makes them (classical:
+    the squared difference, box sums of (s - 1)^2 = 16 pixels by doubling 2 + 2 adds, the
+    distance's scale and offset, 2 thresholds and a clamp for the cut-off, 3 for
+    Schraudolph's exponential; guided: difference and square, box sums of 25 by doubling
+    3 + 3 adds, 2 scalings, exp; both: 2 + 2 to add the pair both ways) over the pixels of
+    the pass's plane (classical: reflected by 9 pixels), for the 84 offsets of half the
+    13 x 13 search window.
+    """
     import time
 
     import torch
     torch.set_num_threads(1)
+
+    def rate(fn, work, repeats=5, inner=10):
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.process_time()
+            for _ in range(inner):
+                fn()
+            times.append((time.process_time() - start) / inner)
+        return work / median(times)
+
     peaks = {}
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(1024, 1024, dtype=dtype)
         b = torch.randn(1024, 1024, dtype=dtype)
-        a @ b
-        times = []
-        for _ in range(5):
-            start = time.process_time()
-            for _ in range(10):
-                a @ b
-            times.append((time.process_time() - start) / 10)
-        peaks[str(dtype)] = 2 * 1024**3 / median(times) / 1e9
+        peaks[str(dtype)] = rate(lambda: a @ b, 2 * 1024**3) / 1e9  # noqa: B023
         print(f"GEMM 1024^3 {dtype}: {peaks[str(dtype)]:.1f} GFLOP/s on one thread")
+    gemm = peaks["torch.float32"] * 1e9
+    x, y = torch.randn(4, 8, 4096), torch.randn(4, 8, 4096)
+    passes = rate(lambda: x.mul_(y), x.numel())
+    big = torch.empty(2**26)
+    bandwidth = rate(lambda: big.fill_(1.0), big.numel() * 4, repeats=3, inner=3)
+    print(f"elementwise pass in cache (0.5 MB): {passes / 1e9:.1f} G elements/s; "
+          f"memory (writing 256 MB): {bandwidth / 1e9:.1f} GB/s")
     pixels, size = 7 * 48 * 48, 512 * 512
     macs = 1 * 24 * 25 + 24 * 12 * 9 + 12 * 1 * 25  # per pixel, one forward pass
     flops = 2 * macs * pixels * (3 * 1500) - 2 * 25 * 24 * pixels * 1500  # no input gradient
     for dtype, peak in peaks.items():
         print(f"training floor ({dtype} GEMM peak): {flops / 1e9:.0f} GFLOP -> "
               f"{flops / peak / 1e9:.2f} s")
+    print(f"\nfloors of one {args.size} x {args.size} plane's parts, one thread:")
     inference = 2 * macs * size * 4
-    print(f"inference floor (4 passes): {inference / 1e9:.1f} GFLOP -> "
-          f"{inference / peaks['torch.float32'] / 1e9:.3f} s")
+    print(f"inference (4 passes): {inference / 1e9:.1f} GFLOP -> {inference / gemm:.3f} s")
+    # A fused kernel's elementwise floor: one vector operation per lane and cycle, about half
+    # the GEMM peak's floating-point operations (a multiply-add counts two)
+    vector = gemm / 2
+    n, s = args.size, 8
+    positions = (n + s - 1) ** 2
+    coefficients = s * s * positions
+    wiener_macs = (2 * (n + 2 * s - 2) * (n + s - 1) * s * s  # along rows, plane and pilot
+                   + 2 * coefficients * s  # along columns, plane and pilot
+                   + coefficients * s + n * n * s * s)  # put back along columns, rows
+    wiener_gemm = 2 * wiener_macs / gemm
+    print(f"Wiener: {2 * wiener_macs / 1e9:.2f} GFLOP of products -> {wiener_gemm:.3f} s; "
+          f"{coefficients / 1e6:.1f} M coefficients x 7 operations -> "
+          f"{7 * coefficients / vector:.3f} s fused, {8 * coefficients / passes:.3f} s as "
+          f"passes; floor {wiener_gemm + 7 * coefficients / vector:.3f} s fused, "
+          f"{wiener_gemm + 8 * coefficients / passes:.3f} s as written")
+    band = (n + 2 * (2 + 6 + 1)) ** 2  # the classical pass's reflected plane
+    offsets = (13 * 13 - 1) // 2
+    classical_ops, guided_ops = 1 + 4 + 1 + 3 + 3 + 4, 2 + 6 + 2 + 1 + 4
+    for name, ops, pixels_ in (("classical", classical_ops, band), ("guided", guided_ops, n * n)):
+        work = ops * offsets * pixels_
+        print(f"NLM {name}: {offsets} offsets x {ops} operations x {pixels_ / 1e3:.0f} k pixels "
+              f"= {work / 1e9:.2f} G -> floor {work / vector:.3f} s fused, "
+              f"{work / passes:.3f} s as written (one operation a pass)")
 
 
 def main() -> None:
@@ -307,7 +363,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="512", help="stack: plane sizes (comma-separated)")
     parser.add_argument("--samples", type=int, default=1500)
     parser.add_argument("--precisions", default="float32,bfloat16")
-    parser.add_argument("--precision", default="", help="stack, fmd: FM2S_AUTO_PRECISION")
+    parser.add_argument("--precision", default="",
+                        help="stack, fmd: FM2S_AUTO_PRECISION (or avx2); parts: a comma list of "
+                             "CPU kinds, native and/or avx2")
     parser.add_argument("--planes", default="16,64")
     parser.add_argument("--fields", type=int, default=1)
     args = parser.parse_args()

@@ -2,15 +2,19 @@
 
 Non-local means, the classical and the guided estimates of the ``sure-nlm`` blend
 (:func:`fm2s.blend.sure_weights`), in torch on the network's device: no training, about
-0.1 s per pass (classical or guided) over a 512 x 512 plane with white noise on one core (a
-2048 x 2048 plane, in bands of rows: 1.6-1.9 and 1.3-1.5 s); with the 11 x 11 patches of a
-wide-field camera's correlated noise about 0.55 and 0.4 s. Their errors differ from the
-network's: they keep fine repeated texture that the network smooths, and average the broad
-correlated noise of wide-field cameras over larger patches than the network sees.
+0.09 and 0.08 s per pass (classical, guided) over a 512 x 512 plane with white noise on one
+core (AVX-512), within 2x of what torch's one-operation passes over the plane can cost
+(``benchmarks/cpu_floor.py floor``: about 20 and 17 operations per pixel for each of the 84
+offsets of half the search window, 0.06 and 0.05 s at the in-cache rate of such passes); with
+the 11 x 11 patches of a wide-field camera's correlated noise about 0.5 and 0.4 s. Their
+errors differ from the network's: they keep fine repeated texture that the network smooths,
+and average the broad correlated noise of wide-field cameras over larger patches than the
+network sees.
 
 The empirical Wiener filter of :func:`vst_wiener` refines that blend on white-noise planes
-(the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 0.3 s per
-512 x 512 plane on one core.
+(the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 0.06 s
+per 512 x 512 plane on one core, its DCTs as matrix products (floor 0.013 s fused, 0.027 s
+as torch's passes).
 """
 
 from __future__ import annotations
@@ -189,6 +193,14 @@ def vst_wiener(plane: np.ndarray, pilot: np.ndarray, gain: float, read_var: floa
     matching. The pilot's errors then cost less than they would as the output: the filter
     keeps what the pilot says is signal from the plane itself.
 
+    The transforms are separable and run as matrix products (:func:`_wiener_sums`): 16
+    multiply-adds per coefficient each way instead of the 64 of a 2-D one, 0.93 GFLOP for a
+    512 x 512 plane (analyses of the plane and the pilot, one synthesis): 0.01 s at one
+    AVX-512 core's float32 GEMM peak (about 100 GFLOP/s), 0.025 s as run (their inner
+    dimension of 8 keeps them near 40 GFLOP/s). The shrinkage makes 8 passes over the
+    17 M coefficients, in cache, 0.015-0.02 s: about 0.06 s in all, against 0.18-0.3 s for
+    the 64-channel convolutions that it replaces (the same sums, to float rounding).
+
     Parameters
     ----------
     plane : ndarray, shape (H, W)
@@ -218,47 +230,207 @@ def vst_wiener(plane: np.ndarray, pilot: np.ndarray, gain: float, read_var: floa
     forward, inverse = _stabiliser(gain, read_var, "vst_wiener")
     device = torch.device(device)
     size = WIENER_PATCH
-    cosines = _dct_cosines(size)
-    basis = torch.as_tensor(np.einsum("ui,vj->uvij", cosines, cosines).reshape(-1, 1, size, size),
-                            dtype=torch.float32, device=device)
-    noise_var = torch.as_tensor(dct_noise_variance(line_corr, size).reshape(1, -1, 1, 1),
-                                dtype=torch.float32, device=device)
-    taper = np.kaiser(size, WIENER_KAISER_BETA)
-    # Patches are put back (the transposed convolutions) one axis at a time, along rows then
-    # along columns: an eighth of the products of 2-D transposed convolutions, which torch also
-    # runs slowly on a CPU (0.09 against 0.01 s for a band of 64 coefficient planes).
-    tapered = torch.as_tensor(cosines * taper, dtype=torch.float32, device=device)  # (u, i)
-    along_rows = tapered[None].expand(size, -1, -1).reshape(size * size, 1, 1, size)
-    along_columns = tapered.reshape(size, 1, size, 1)
-    taper = torch.as_tensor(taper, dtype=torch.float32, device=device)
-
-    def put_back(x, row_kernel, column_kernel, groups):
-        return F.conv_transpose2d(F.conv_transpose2d(x, row_kernel, groups=groups),
-                                  column_kernel)
 
     def padded(x):  # every patch that holds a pixel of the plane, reflected at the borders
         t = torch.as_tensor(forward(x), dtype=torch.float32, device=device)[None, None]
-        return F.pad(t, (size - 1,) * 4, mode="reflect")
+        return F.pad(t, (size - 1,) * 4, mode="reflect")[0, 0]
 
-    values, guide = padded(plane), padded(np.asarray(pilot, dtype=np.float64))
-    height, width = plane.shape
-    total = torch.zeros((1, 1, height + 2 * (size - 1), width + 2 * (size - 1)), device=device)
-    weights = torch.zeros_like(total)
-    corners = height + size - 1  # patch positions per column of the padded plane
-    band = max(1, WIENER_BATCH_COEFFICIENTS // (size * size * (width + size - 1)))
+    total, weights = _wiener_sums(padded(plane), padded(np.asarray(pilot, dtype=np.float64)),
+                                  dct_noise_variance(line_corr, size))
+    return inverse((total / weights).double().cpu().numpy())
+
+
+#: On a CPU, the Wiener filter takes this many rows of patches at a time: their coefficients
+#: (0.5 MB a row of 512 patches) then stay in the core's cache between passes.
+WIENER_CPU_BAND = 4
+#: Elsewhere (a GPU), at most this many: the banded matrix that puts a band's patches back
+#: along columns (:func:`_band_matrix`) holds ``(band + s - 1) / s`` times the products needed.
+WIENER_GPU_BAND = 32
+#: Pixels put back along a row per matrix product (:func:`_wiener_sums`).
+WIENER_BACK_BLOCK = 16
+#: Rows of slack in :func:`_wiener_sums`' buffers of rows, so that they slide (a copy of the
+#: rows still in use to the front) once every few bands only.
+WIENER_SLACK_ROWS = 48
+
+
+def _band_matrix(taps: np.ndarray, n: int) -> np.ndarray:
+    """``(n + s - 1, n s)``: row ``r + i``, column ``(r, k)`` holds ``taps[i, k]`` (``taps`` of
+    shape (s, s)), so that ``matrix @ x`` adds ``taps @ x[r]`` to the rows ``r`` to ``r + s`` for
+    each of the ``n`` blocks of ``s`` rows of ``x``."""
+    size = len(taps)
+    matrix = np.zeros((n + size - 1, n, size))
+    for r in range(n):
+        matrix[r:r + size, r, :] = taps
+    return matrix.reshape(n + size - 1, n * size)
+
+
+def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarray
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sums of :func:`vst_wiener` on its padded, stabilised planes (float32, shape
+    ``(H + 2 (s - 1), W + 2 (s - 1))`` for patches of side ``s``): the windowed, weighted
+    patches put back, and the windowed weights, each of shape (H, W).
+
+    Patch ``(r, c)`` (its top left corner in the padded plane) has the coefficients
+    ``C[r, u, c, v] = sum_ij cos[u, i] cos[v, j] x[r + i, c + j]``. Along rows first, for every
+    patch of a row of pixels at once: ``x`` in overlapping windows of ``2 s`` pixels, ``s``
+    apart (twice the row, copied), times one ``(2 s, s^2)`` matrix gives ``h[y, c, v]``. Then
+    along columns, ``C[r] = cos @ h[r:r + s]`` for each row of patches, the rows ``r`` to
+    ``r + s`` of ``h`` being a plain strided view: a batch of ``(s, s) @ (s, (W + s - 1) s)``
+    products, nothing copied. Putting back is the adjoint in reverse order:
+    ``taper_cos.T @ C'[r]`` (``taper_cos[u, i] = cos[u, i] kaiser[i]``) added to the rows ``r``
+    to ``r + s``, for a band's rows of patches at once by one banded matrix
+    (:func:`_band_matrix`); once a row has all its patches, windows of ``(k + s - 1) s`` of its sums
+    every ``k s`` times one ``((k + s - 1) s, k)`` matrix give ``k = WIENER_BACK_BLOCK`` pixels.
+
+    A band of rows of patches at a time (``WIENER_CPU_BAND`` on a CPU): its coefficients are
+    shrunk in place, and only ``band + s - 1`` rows of ``h`` and of the sums are kept, so that
+    the working set stays in cache and no plane-sized buffer is written twice.
+    """
+    device = values.device
+    size = len(noise_var)
+    cosines = _dct_cosines(size)
+    window = np.kaiser(size, WIENER_KAISER_BETA)
+    height, width = values.shape[0] - 2 * (size - 1), values.shape[1] - 2 * (size - 1)
+    corners = height + size - 1  # patch positions along each column of the padded plane
+    across = width + size - 1  # along each row
+    count = across * size  # coefficients (c, v) of a row of patches, per u
+    f32 = dict(dtype=torch.float32, device=device)
+    band = WIENER_CPU_BAND if device.type == "cpu" else min(
+        WIENER_GPU_BAND, max(1, WIENER_BATCH_COEFFICIENTS // (size * count)))
+    band = min(band, corners)
+    reach = band + size - 1  # rows of h and of the sums that a band touches
+    rows_h = _RowTransform(values, cosines, reach)
+    guide_h = _RowTransform(guide, cosines, reach)
+    back = _RowSynthesis(cosines * window, width, WIENER_BACK_BLOCK, device)
+    cos = torch.as_tensor(cosines, **f32)
+    # s^2 at (u, c, v); for white noise 1 (as float32: the products by 1 are left out)
+    white = bool(np.all(noise_var.astype(np.float32) == 1.0))
+    variance = None if white else torch.as_tensor(
+        np.repeat(noise_var[:, None, :], across, axis=1).reshape(size, count),
+        **f32).repeat(band, 1, 1)
+    coefficients_b, spectrum_b, spare_b = (torch.empty((band, size, count), **f32)
+                                           for _ in range(3))
+    ones = torch.ones((band, 1, size), **f32)
+    # rows start .. start + len of the padded plane, zero beyond the rows that bands reached
+    sums = torch.zeros((reach + WIENER_SLACK_ROWS, count), **f32)
+    start = 0
+    total = torch.empty((height, width), **f32)
+    patch_weights = torch.empty((corners, across), **f32)
+    spreads = {}  # (n + s - 1, n s): rows r + i of the padded plane get taper_cos[i] @ C'[r]
     for top in range(0, corners, band):
-        rows = slice(top, min(top + band, corners) + size - 1)
-        coefficients = F.conv2d(values[:, :, rows], basis)
-        spectrum = F.conv2d(guide[:, :, rows], basis).square_()
-        shrink = spectrum / (spectrum + noise_var)
-        weight = 1.0 / (shrink.square() * noise_var).sum(1, keepdim=True).clamp_min(1e-8)
-        total[:, :, rows] += put_back(shrink * coefficients * weight, along_rows,
-                                      along_columns, size)
-        weights[:, :, rows] += put_back(weight, taper.reshape(1, 1, 1, size),
-                                        taper.reshape(1, 1, size, 1), 1)
-    inner = (slice(None), slice(None), slice(size - 1, size - 1 + height),
-             slice(size - 1, size - 1 + width))
-    return inverse((total[inner] / weights[inner])[0, 0].double().cpu().numpy())
+        n = min(band, corners - top)
+        coefficients, spectrum, spare = coefficients_b[:n], spectrum_b[:n], spare_b[:n]
+        for h, out in ((rows_h.advance(top, n), coefficients), (guide_h.advance(top, n), spectrum)):
+            rows = h.as_strided((n, size, h.shape[1]), (h.stride(0), h.stride(0), 1))
+            torch.bmm(cos.expand(n, size, size), rows[:, :, :count], out=out)
+        # shrink = p^2 / (p^2 + s^2), weight = 1 / sum(shrink^2 s^2): with out= and in place,
+        # so that the band's three arrays stay in cache
+        if white:
+            torch.addcmul(ones[0, 0, 0], spectrum, spectrum, out=spare)
+        else:
+            torch.addcmul(variance[:n], spectrum, spectrum, out=spare)
+        shrink = torch.div(spectrum.square_(), spare, out=spectrum)
+        energy = torch.square(shrink, out=spare)
+        if not white:
+            energy.mul_(variance[:n])
+        weight = torch.bmm(ones[:n], energy).view(n, across, size).sum(-1)
+        weight = weight.clamp_min_(1e-8).reciprocal_()
+        patch_weights[top:top + n] = weight
+        shrink.mul_(weight.repeat_interleave(size, dim=1)[:, None])
+        coefficients.mul_(shrink)
+        if top + reach - start > len(sums):  # slide: the rows still open to the front
+            sums[:size - 1] = sums[top - start:top - start + size - 1].clone()
+            sums[size - 1:].zero_()
+            start = top
+        if n not in spreads:
+            spreads[n] = torch.as_tensor(_band_matrix((cosines * window).T, n), **f32)
+        sums[top - start:top - start + n + size - 1].addmm_(spreads[n],
+                                                            coefficients.view(n * size, count))
+        # rows top .. top + n now have all their patches: along rows, for the inner ones
+        first, last = max(top, size - 1), min(top + n, size - 1 + height)
+        if first < last:
+            back(sums[first - start:last - start], out=total[first - size + 1:last - size + 1])
+    return total, _window_sums_2d(patch_weights, window, height, width)
+
+
+class _RowTransform:
+    """``h[y, c, v] = sum_j cos[v, j] x[y, c + j]`` for every patch column ``c`` of the rows
+    of ``x`` (rows, columns) that a band of rows of patches needs (``reach`` rows): windows
+    of ``2 s`` pixels every ``s`` pixels (the rows twice, copied) times a ``(2 s, s^2)``
+    matrix that gives ``s`` patch columns' ``s`` coefficients each. Each row is transformed
+    once, into a buffer that slides."""
+
+    def __init__(self, x: torch.Tensor, cosines: np.ndarray, reach: int) -> None:
+        size = len(cosines)
+        self.size = size
+        self.blocks = -(-(x.shape[1] - size + 1) // size)
+        matrix = np.zeros((2 * size, size, size))  # (pixel 8a + m, patch column 8a + b, v)
+        for b in range(size):
+            matrix[b:b + size, b, :] = cosines.T
+        self.matrix = torch.as_tensor(matrix.reshape(2 * size, size * size), dtype=x.dtype,
+                                      device=x.device)
+        self.x = F.pad(x, (0, (self.blocks + 1) * size - x.shape[1]))
+        self.h = torch.empty((reach + WIENER_SLACK_ROWS, self.blocks * size * size),
+                             dtype=x.dtype, device=x.device)
+        self.start = self.done = 0  # the plane's rows in h[0], and transformed so far
+
+    def advance(self, top: int, n: int) -> torch.Tensor:
+        """The rows ``top`` to ``top + n + s - 1`` of ``h``, for bands in order."""
+        end = top + n + self.size - 1
+        if end - self.start > len(self.h):  # slide: the rows still in use to the front
+            keep = self.done - top
+            self.h[:keep] = self.h[top - self.start:self.done - self.start].clone()
+            self.start = top
+        new = end - self.done
+        rows = self.x[self.done:end]
+        windows = rows.as_strided((new, self.blocks, 2 * self.size),
+                                  (rows.stride(0), self.size, 1))
+        offset = self.done - self.start
+        torch.mm(windows.reshape(new * self.blocks, 2 * self.size), self.matrix,
+                 out=self.h[offset:offset + new].view(new * self.blocks, -1))
+        self.done = end
+        return self.h[top - self.start:end - self.start]
+
+
+class _RowSynthesis:
+    """``out[y, x] = sum_cv tapered[v, x + s - 1 - c] r[y, c, v]`` over the patch columns ``c``
+    that hold the inner pixel ``x`` (0 <= x < width) of padded rows ``r`` of shape
+    (rows, (width + s - 1) s): for ``k`` pixels at a time, windows of ``(k + s - 1) s``
+    coefficients every ``k s`` times one ``((k + s - 1) s, k)`` matrix."""
+
+    def __init__(self, tapered: np.ndarray, width: int, k: int, device: torch.device) -> None:
+        size = len(tapered)
+        self.size, self.k, self.width = size, k, width
+        self.blocks = -(-width // k)
+        self.span = (k + size - 1) * size
+        matrix = np.zeros((k + size - 1, size, k))  # (patch column 16a + m, v, pixel 16a + p)
+        for p in range(k):
+            for m in range(p, p + size):  # the patches that hold pixel p: j = p + s - 1 - m
+                matrix[m, :, p] = tapered[:, p + size - 1 - m]
+        self.matrix = torch.as_tensor(matrix.reshape(self.span, k), dtype=torch.float32,
+                                      device=device)
+
+    def __call__(self, r: torch.Tensor, out: torch.Tensor) -> None:
+        rows, count = r.shape
+        pad = (self.blocks - 1) * self.k * self.size + self.span - count
+        r = F.pad(r, (0, pad))
+        windows = r.as_strided((rows, self.blocks, self.span), (r.stride(0), self.k * self.size, 1))
+        product = torch.mm(windows.reshape(rows * self.blocks, self.span), self.matrix)
+        out.copy_(product.view(rows, self.blocks * self.k)[:, :self.width])
+
+
+def _window_sums_2d(weights: torch.Tensor, window: np.ndarray, height: int,
+                    width: int) -> torch.Tensor:
+    """``sum_ij window[i] window[j] weights[y + s - 1 - i, x + s - 1 - j]``: the windowed
+    weights of the patches that hold each inner pixel ``(y, x)``, shape (height, width)."""
+    size = len(window)
+    rows = weights[size - 1:size - 1 + height] * float(window[0])
+    for i in range(1, size):
+        rows.add_(weights[size - 1 - i:size - 1 - i + height], alpha=float(window[i]))
+    out = rows[:, size - 1:size - 1 + width] * float(window[0])
+    for j in range(1, size):
+        out.add_(rows[:, size - 1 - j:size - 1 - j + width], alpha=float(window[j]))
+    return out
 
 
 def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
@@ -278,12 +450,28 @@ def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
 
     def means(z, g):  # one band of rows
         total, weights = z.clone(), torch.ones_like(z)  # the pixel itself, with weight 1
+        # The squared differences go inside a border of `half` zeros, whose box sums are then
+        # those of the plane's own pixels: two passes fewer per offset than padding each
+        # axis in turn, the same floats.
+        squares = torch.zeros((z.shape[0] + 2 * half, z.shape[1] + 2 * half), dtype=z.dtype,
+                              device=device)
         for here, there in _offset_pairs(*z.shape, reach):
-            rows = _window_factors(here[0].stop - here[0].start, patch_size, scale, device)
-            cols = _window_factors(here[1].stop - here[1].start, patch_size, 1.0, device)
+            count_rows, count_cols = (axis.stop - axis.start for axis in here)
+            rows = _window_factors(count_rows, patch_size, scale, device)
+            cols = _window_factors(count_cols, patch_size, 1.0, device)
+            framed = squares[:count_rows + 2 * half, :count_cols + 2 * half]
+            if half:  # the border, where the last offset's pixels may lie
+                framed[:half].zero_()
+                framed[-half:].zero_()
+                framed[:, :half].zero_()
+                framed[:, -half:].zero_()
+            inside = framed[half:half + count_rows, half:half + count_cols]
+            torch.sub(g[here], g[there], out=inside).square_()
             # -d / h^2: the box sums of the squared differences over the window's pixels,
             # times scale / rows and 1 / columns of the window in the plane
-            distance = _box_sums(F.mse_loss(g[here], g[there], reduction="none"), -half, half)
+            distance = _box_sums(framed, -half, half, pad=False)
+            if not half:  # the box is the pixel: a view of `squares`
+                distance = distance.clone()
             weight = distance.mul_(rows[:, None]).mul_(cols).exp_()
             _add_pair(total, weights, z, weight, here, there)
         return total / weights
@@ -372,19 +560,31 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
     itself = float(_fast_exp(torch.zeros(())))  # the pixel's own weight
     slope = scale * -_SCHRAUDOLPH  # distance to the high bits of exp(-distance)
     offset = torch.tensor(-2.0 * (patch_size - 1) ** 2 * slope, dtype=torch.float32, device=device)
-    limit = NLM_CUTOFF * -_SCHRAUDOLPH
+    # Beyond NLM_CUTOFF a pair weighs nothing: a `high` (float32) below the cut-off's float32
+    # becomes the integer `below`, under the integer part of any kept one, so that its weight
+    # is less than any kept pair's (the bits are the integer part, and grow with it) and a
+    # threshold sets it to 0. Two thresholds instead of a comparison and a masked fill, which
+    # torch runs slowly on a CPU (0.05 of 0.12 s). The same weights.
+    limit = float(np.float32(NLM_CUTOFF * -_SCHRAUDOLPH))
+    kept = float(np.nextafter(np.float32(limit), np.float32(-np.inf)))  # high > kept: kept
+    below = float(np.floor(limit) - 1.0)
+    assert np.trunc(limit) > below == float(np.float32(below))
+    dropped = float(_fast_exp_bits(torch.tensor([below], dtype=torch.float32))[0])
 
     def means(padded):  # one band of rows
         total, weights = padded * itself, torch.full_like(padded, itself)
         for here, there in _offset_pairs(*padded.shape, patch_distance):
             squares = F.mse_loss(padded[here], padded[there], reduction="none")
             # The box sums of squared differences less twice the noise variance per pixel of
-            # the (s - 1)^2 window (complete at every pixel that reaches the output), scaled
-            # at once to the high bits of _fast_exp's float64: one pass.
-            high = torch.add(offset, _box_sums(squares, 1 - radius, radius), alpha=slope)
-            cut = high < limit  # beyond NLM_CUTOFF
-            weight = _fast_exp_bits(high.clamp_max_(0.0)).masked_fill_(cut, 0.0)
-            _add_pair(total, weights, padded, weight, here, there)
+            # the (s - 1)^2 window, scaled at once to the high bits of _fast_exp's float64:
+            # one pass. Only where the window lies within the pair's pixels (no zero padding:
+            # the pixels within the window's reach of the edges are margin, never output).
+            box = _box_sums(squares, 1 - radius, radius, pad=False)
+            high = torch.add(offset, box, alpha=slope)
+            high = F.threshold_(high, kept, below).clamp_max_(0.0)
+            weight = F.threshold_(_fast_exp_bits(high), dropped, 0.0)
+            _add_pair(total, weights, padded, weight, _inset(here, radius - 1, radius),
+                      _inset(there, radius - 1, radius))
         return total / weights
 
     padded = torch.as_tensor(np.pad(np.asarray(values, dtype=np.float64), margin, mode="reflect"),
@@ -414,20 +614,27 @@ def _fast_exp_bits(high: torch.Tensor) -> torch.Tensor:
     return bits.bitwise_left_shift_(3).view(torch.float32)
 
 
-def _box_sums(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+def _box_sums(x: torch.Tensor, first: int, last: int, pad: bool = True) -> torch.Tensor:
     """Sums of ``x[..., i + k, j + l]`` over ``first <= k, l <= last`` (``first <= 0 <= last``)
     at each pixel ``(i, j)`` of the planes ``x`` (..., H, W), zeros outside: along each axis,
     the plane padded with zeros, then sums of 2, 4, 8 ... neighbours by doubling, so a window
-    of ``w`` pixels costs about ``1 + log2(w)`` passes over the plane instead of ``w``."""
+    of ``w`` pixels costs about ``1 + log2(w)`` passes over the plane instead of ``w``.
+    Without `pad`, only at the pixels whose window lies within the plane (``-first <= i <
+    H - last``, the same along ``j``), with the same floats there."""
     for axis in (-2, -1):
-        x = _window_sums(x, axis, first, last)
+        x = _window_sums(x, axis, first, last, pad)
     return x
 
 
-def _window_sums(x: torch.Tensor, axis: int, first: int, last: int) -> torch.Tensor:
-    """``out[i] = sum(x[i + k] for first <= k <= last)`` along `axis`, zeros outside."""
+def _window_sums(x: torch.Tensor, axis: int, first: int, last: int,
+                 pad: bool = True) -> torch.Tensor:
+    """``out[i] = sum(x[i + k] for first <= k <= last)`` along `axis`, zeros outside; without
+    `pad`, for ``-first <= i < length - last`` only."""
     length, width = x.shape[axis], last - first + 1
-    sums = F.pad(x, _pad_spec(x.dim(), axis, -first, last))
+    if pad:
+        sums = F.pad(x, _pad_spec(x.dim(), axis, -first, last))
+    else:
+        sums, length = x, length - width + 1
     # sums[j] is the sum of `size` consecutive padded pixels from j (length + width - size)
     result, offset, size = None, 0, 1
     while True:
@@ -441,6 +648,12 @@ def _window_sums(x: torch.Tensor, axis: int, first: int, last: int) -> torch.Ten
         sums = sums.narrow(axis, 0, count) + sums.narrow(axis, size, count)
         size *= 2
     return result
+
+
+def _inset(pixels: tuple[slice, slice], before: int, after: int) -> tuple[slice, slice]:
+    """The slices `pixels` (rows, columns), less `before` at their start and `after` at their
+    end."""
+    return tuple(slice(axis.start + before, axis.stop - after) for axis in pixels)
 
 
 def _pad_spec(dims: int, axis: int, before: int, after: int) -> list[int]:
