@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fm2s import make_settings
 from fm2s.model import FM2SNet, _ConvToOne
 from fm2s.noise import median_target, region_means
-from fm2s.train import TrainingSet, fit, uses_bfloat16
+from fm2s.train import TrainingSet, _FusedAdam, fit, uses_bfloat16
 
 CL = torch.channels_last
 
@@ -89,3 +89,22 @@ def test_auto_precision_can_be_forced(monkeypatch):
     assert uses_bfloat16(settings, torch.device("cpu"))
     # an explicit precision is never overridden
     assert not uses_bfloat16(settings.replace(precision="float32"), torch.device("cpu"))
+
+
+def test_fused_adam_is_torch_adam():
+    """fit's own fused Adam gives bitwise torch.optim.Adam(fused=True)'s weights."""
+    gen = torch.Generator().manual_seed(5)
+    params = [torch.randn(12, 24, 3, 3, generator=gen), torch.randn(12, generator=gen)]
+    mine = [p.clone().requires_grad_() for p in params]
+    theirs = [p.clone().requires_grad_() for p in params]
+    ours, reference = _FusedAdam(mine, lr=1e-3), torch.optim.Adam(theirs, lr=1e-3, fused=True)
+    for step in range(5):
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        for optimizer, group in ((ours, mine), (reference, theirs)):
+            optimizer.zero_grad(set_to_none=True)
+            optimizer.param_groups[0]["lr"] = 1e-3 / (step + 1)
+            for p, g in zip(group, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        for a, b in zip(mine, theirs, strict=True):
+            assert torch.equal(a, b)
