@@ -230,9 +230,6 @@ class _FusedAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        params = [p for p in self.params if p.grad is not None]
-        if len(params) != len(self.params):  # not met in training: every weight has a grad
-            raise RuntimeError("every parameter needs a gradient")
         torch._foreach_add_(self.steps, 1)
         torch._fused_adam_(self.params, [p.grad for p in self.params], self.exp_avgs,
                            self.exp_avg_sqs, [], self.steps, amsgrad=False,
