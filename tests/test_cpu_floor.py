@@ -108,3 +108,20 @@ def test_fused_adam_is_torch_adam():
             optimizer.step()
         for a, b in zip(mine, theirs, strict=True):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (4, 2), (6, 9)])
+def test_gemm_convolution_of_planes_smaller_than_the_kernel(shape):
+    """The shifted adds stay inside planes narrower or lower than the 5 x 5 kernel."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 12, *shape, generator=gen)
+    x = x.contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(1, 12, 5, 5, generator=gen, requires_grad=True)
+    b = torch.randn(1, generator=gen, requires_grad=True)
+    grad = torch.randn(2, 1, *shape, generator=gen)
+    out, grads = _grads(_ConvToOne.apply, (x, w, b), grad)
+    ref, ref_grads = _grads(lambda *a: F.conv2d(*a, padding=2), (x, w, b), grad)
+    # float32 sums: rounding apart, relative to the largest value
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert (g - r).abs().max() <= 1e-5 * r.abs().max()
