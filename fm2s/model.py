@@ -118,15 +118,28 @@ def _shifted(plane: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _gathered(columns: torch.Tensor, k: int) -> torch.Tensor:
-    """The adjoint of :func:`_shifted`: (B, H, W) sum over d of copy d shifted back."""
+    """The adjoint of :func:`_shifted`: (B, H, W) sum over d of copy d shifted back.
+
+    Summed along x first (k shifted adds of k planes at once), then along y: 2 (k - 1) adds
+    instead of k^2, half the time of plane-by-plane adds (their cost is per call)."""
     r = k // 2
     _, batch, height, width = columns.shape
-    out = columns.new_zeros(batch, height + 2 * r, width + 2 * r)
     columns = columns.reshape(k, k, batch, height, width)
+    rows = columns[:, r].clone()  # rows[dy][i, j] = sum over dx of columns[dy, dx][i, j+r-dx]
+    for dx in range(k):
+        n = max(width - abs(dx - r), 0)  # columns that stay inside the plane
+        if dx < r:
+            rows[..., width - n:] += columns[:, dx, ..., :n]
+        elif dx > r:
+            rows[..., :n] += columns[:, dx, ..., width - n:]
+    out = rows[r].clone()
     for dy in range(k):
-        for dx in range(k):
-            out[:, 2 * r - dy:2 * r - dy + height, 2 * r - dx:2 * r - dx + width] += columns[dy, dx]
-    return out[:, r:r + height, r:r + width]
+        n = max(height - abs(dy - r), 0)
+        if dy < r:
+            out[:, height - n:] += rows[dy, :, :n]
+        elif dy > r:
+            out[:, :n] += rows[dy, :, height - n:]
+    return out
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from fm2s import make_settings
 from fm2s.model import FM2SNet, _ConvToOne
 from fm2s.noise import median_target, region_means
-from fm2s.train import TrainingSet, fit, uses_bfloat16
+from fm2s.train import TrainingSet, _FusedAdam, fit, uses_bfloat16
 
 CL = torch.channels_last
 
@@ -89,3 +89,39 @@ def test_auto_precision_can_be_forced(monkeypatch):
     assert uses_bfloat16(settings, torch.device("cpu"))
     # an explicit precision is never overridden
     assert not uses_bfloat16(settings.replace(precision="float32"), torch.device("cpu"))
+
+
+def test_fused_adam_is_torch_adam():
+    """fit's own fused Adam gives bitwise torch.optim.Adam(fused=True)'s weights."""
+    gen = torch.Generator().manual_seed(5)
+    params = [torch.randn(12, 24, 3, 3, generator=gen), torch.randn(12, generator=gen)]
+    mine = [p.clone().requires_grad_() for p in params]
+    theirs = [p.clone().requires_grad_() for p in params]
+    ours, reference = _FusedAdam(mine, lr=1e-3), torch.optim.Adam(theirs, lr=1e-3, fused=True)
+    for step in range(5):
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        for optimizer, group in ((ours, mine), (reference, theirs)):
+            optimizer.zero_grad(set_to_none=True)
+            optimizer.param_groups[0]["lr"] = 1e-3 / (step + 1)
+            for p, g in zip(group, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        for a, b in zip(mine, theirs, strict=True):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (4, 2), (6, 9)])
+def test_gemm_convolution_of_planes_smaller_than_the_kernel(shape):
+    """The shifted adds stay inside planes narrower or lower than the 5 x 5 kernel."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 12, *shape, generator=gen)
+    x = x.contiguous(memory_format=CL).requires_grad_()
+    w = torch.randn(1, 12, 5, 5, generator=gen, requires_grad=True)
+    b = torch.randn(1, generator=gen, requires_grad=True)
+    grad = torch.randn(2, 1, *shape, generator=gen)
+    out, grads = _grads(_ConvToOne.apply, (x, w, b), grad)
+    ref, ref_grads = _grads(lambda *a: F.conv2d(*a, padding=2), (x, w, b), grad)
+    # float32 sums: rounding apart, relative to the largest value
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    for g, r in zip(grads, ref_grads, strict=True):
+        assert (g - r).abs().max() <= 1e-5 * r.abs().max()
