@@ -26,6 +26,9 @@ on that plane. ``stack``: :func:`fm2s.engine.denoise_stack_planes` on a syntheti
 of N planes (``--planes``) of each size (``--sizes``), CPU-s per plane and the mean PSNR
 against the clean planes. ``fmd``: the FMD ``test_mix`` raw images denoised one by one with
 the default settings, PSNR per configuration (``--fields``: fields of view per configuration).
+``fmd-stacks``: each configuration's four fields of view as one 4-plane z-stack, at the raw,
+avg4 and avg16 levels (15 stacks), through the stack engine with the default settings, mean
+PSNR per stack.
 """
 
 from __future__ import annotations
@@ -173,6 +176,35 @@ out(rows=rows, module=fm2s.__file__)
 """
 
 
+FMD_STACKS = COMMON + r"""
+import tempfile, tifffile
+from pathlib import Path
+from skimage.metrics import peak_signal_noise_ratio
+from fm2s.engine import denoise_stack_planes
+from fm2s.planeio import read_image
+from fm2s.stacks import open_stack
+data = Path(args["data"])
+rows = []
+with tempfile.TemporaryDirectory() as tmp:
+    for level in ("raw", "avg4", "avg16"):
+        for config in args["configs"]:
+            names = [f"{config}_{i}.png" for i in range(1, 5)]
+            noisy = np.stack([read_image(data / level / n) for n in names])
+            path = Path(tmp) / f"{config}-{level}.ome.tif"
+            tifffile.imwrite(path, noisy[None, None], ome=True, metadata={"axes": "TCZYX"})
+            cpu = time.process_time()
+            with open_stack(path) as stack:
+                out = {k.z: r.image for k, r in denoise_stack_planes(
+                    stack, settings(), seed=0, device=torch.device("cpu"))}
+            cpu = time.process_time() - cpu
+            psnr = [peak_signal_noise_ratio(read_image(data / "gt" / n), out[z], data_range=255)
+                    for z, n in enumerate(names)]
+            rows.append({"level": level, "config": config, "psnr": float(np.mean(psnr)),
+                         "cpu": cpu / 4})
+out(rows=rows, module=fm2s.__file__)
+"""
+
+
 def child(tree: str, code: str, args: dict, precision: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), OMP_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
@@ -275,6 +307,22 @@ def fmd(args) -> None:
         print(t, json.dumps([round(r["psnr"], 3) for r in results[t]]))
 
 
+def fmd_stacks(args) -> None:
+    trees = args.trees.split(",")
+    runs = {tree: child(tree, FMD_STACKS, {"data": str(DATA), "configs": CONFIGS},
+                        args.precision) for tree in trees}
+    print("| level | configuration | " + " | ".join(f"{t} PSNR" for t in trees) +
+          " | delta dB |")
+    print("|---|---|" + "---|" * (len(trees) + 1))
+    for i, row in enumerate(runs[trees[0]]["rows"]):
+        values = [runs[t]["rows"][i]["psnr"] for t in trees]
+        print(f"| {row['level']} | {row['config']} | " + " | ".join(f"{v:.3f}" for v in values)
+              + f" | {values[-1] - values[0]:+.3f} |")
+    for tree in trees:
+        print(f"{tree}: mean CPU-s per plane "
+              f"{statistics.mean(r['cpu'] for r in runs[tree]['rows']):.2f}")
+
+
 def floor(args) -> None:
     """This core's rates, and each part's floor from them (issue 41).
 
@@ -356,7 +404,7 @@ def floor(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["train", "parts", "stack", "fmd", "floor"])
+    parser.add_argument("what", choices=["train", "parts", "stack", "fmd", "fmd-stacks", "floor"])
     parser.add_argument("--trees", default=".")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=512)
@@ -369,7 +417,8 @@ def main() -> None:
     parser.add_argument("--planes", default="16,64")
     parser.add_argument("--fields", type=int, default=1)
     args = parser.parse_args()
-    {"train": train, "parts": parts, "stack": stack, "fmd": fmd, "floor": floor}[args.what](args)
+    {"train": train, "parts": parts, "stack": stack, "fmd": fmd, "fmd-stacks": fmd_stacks,
+     "floor": floor}[args.what](args)
 
 
 if __name__ == "__main__":
