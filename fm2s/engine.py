@@ -358,7 +358,7 @@ def train_stack(
 
 
 def _train(stack, settings, seed, data_range, device, groups, references, progress,
-           reader: _Planes | None = None) -> tuple[StackModel, dict[PlaneKey, _Planned]]:
+           reader: _PlaneReader | None = None) -> tuple[StackModel, dict[PlaneKey, _Planned]]:
     """:func:`train_stack`. With a `reader` (:func:`denoise_stack_planes`), also each
     training plane prepared for applying the model to it (so that it is read, hashed and
     prepared once); the groups' other planes are then left for :func:`_plan_plane` to do as
@@ -371,7 +371,7 @@ def _train(stack, settings, seed, data_range, device, groups, references, progre
         references = stack_noise(stack, settings, data_range)
     model = StackModel(settings, int(seed), data_range, str(meta.path))
     keep = reader is not None
-    reader = reader or _Planes(stack, LowRangeWarning(settings, data_range), references)
+    reader = reader or _PlaneReader(stack, LowRangeWarning(settings, data_range), references)
     pack = pack_size(device)
     # A batch of groups whose units train in grouped passes (one group at a time on CPU).
     batch: list[tuple[Group, list[TrainingUnit], list[str]]] = []
@@ -400,7 +400,7 @@ def _train(stack, settings, seed, data_range, device, groups, references, progre
     return model, planned
 
 
-def _group_units(group: Group, seed: int, reader: _Planes, model: StackModel,
+def _group_units(group: Group, seed: int, reader: _PlaneReader, model: StackModel,
                  kept: dict[PlaneKey, tuple[PreparedPlane, str]] | None):
     """Read and prepare a group's training planes (and keep them in `kept`, unless None);
     its training units and their network ids."""
@@ -450,7 +450,7 @@ def _segment(plane: PreparedPlane) -> int:
     return (plane.info or {}).get("segment", 0)
 
 
-def _train_batch(batch, device, model: StackModel, progress, reader: _Planes | None) -> None:
+def _train_batch(batch, device, model: StackModel, progress, reader: _PlaneReader | None) -> None:
     """Train a batch's units; with a `reader`, then record the network of each of its groups'
     other planes (:func:`_plan_plane`)."""
     units = [u for _, group_units, _ in batch for u in group_units]
@@ -474,7 +474,7 @@ def _train_batch(batch, device, model: StackModel, progress, reader: _Planes | N
             progress(group, model)
 
 
-def _plan_plane(reader: _Planes, model: StackModel, group: Group, key: PlaneKey,
+def _plan_plane(reader: _PlaneReader, model: StackModel, group: Group, key: PlaneKey,
                 device) -> _Planned:
     """Read and prepare a plane of a trained group that was not one of its training planes,
     and record the network that denoises it in `model`: its group's network of the plane's
@@ -508,7 +508,7 @@ def _distance(network: Network, key: PlaneKey) -> int:
     return min(max(abs(k[0] - key.t), abs(k[2] - key.z)) for k in network.trained_on)
 
 
-class _Planes:
+class _PlaneReader:
     """A stack's planes as the engine reads them: each read, checked, hashed and prepared in
     one place, the last few raw planes kept (stack mode's neighbours are read ahead of their
     turn) and a group's training planes held while the group is applied, so that a plane is
@@ -594,7 +594,7 @@ def apply_model(
         ``input_sha256``: the raw plane's.
     """
     keys = [PlaneKey(*map(int, k)) for k in (stack.plane_keys() if keys is None else keys)]
-    reader = _Planes(stack, LowRangeWarning(model.settings, model.data_range))
+    reader = _PlaneReader(stack, LowRangeWarning(model.settings, model.data_range))
     batch = inference_batch(device, stack.metadata.shape[3:])
     near = stack_neighbours(stack, model.settings, reader.read)
     for start in range(0, len(keys), batch):
@@ -612,7 +612,7 @@ class _Planned(NamedTuple):
     input_sha256: str  # of the raw plane
 
 
-def _prepare_for(reader: _Planes, model: StackModel, key: PlaneKey) -> _Planned:
+def _prepare_for(reader: _PlaneReader, model: StackModel, key: PlaneKey) -> _Planned:
     """Read a plane and find its network."""
     plane = reader.read(key)
     digest = plane_sha256(plane)
@@ -636,7 +636,7 @@ def stack_neighbours(stack, settings: Settings, read: Callable[[PlaneKey], np.nd
     if (settings.neighbours == "off" or neighbour_axis(shape) is None
             or settings.blend not in ("sure-nlm", "sure-nlm-wiener")):
         return None
-    read = read or _Planes(stack).read
+    read = read or _PlaneReader(stack).read
     return lambda key: [read(k) for k in map(PlaneKey._make, neighbour_keys(key, shape))]
 
 
@@ -734,7 +734,7 @@ def denoise_stack_planes(
         references = stack_noise(stack, settings, data_range)
     pack = pack_size(device)
     batch = inference_batch(device, stack.metadata.shape[3:])
-    reader = _Planes(stack, LowRangeWarning(settings, data_range), references)
+    reader = _PlaneReader(stack, LowRangeWarning(settings, data_range), references)
     near = stack_neighbours(stack, settings, reader.read)
     for start in range(0, len(plan), pack):
         groups = plan[start:start + pack]
