@@ -194,10 +194,11 @@ with tempfile.TemporaryDirectory() as tmp:
             tifffile.imwrite(path, noisy[None, None], ome=True, metadata={"axes": "TCZYX"})
             cpu = time.process_time()
             with open_stack(path) as stack:
-                out = {k.z: r.image for k, r in denoise_stack_planes(
+                images = {k.z: r.image for k, r in denoise_stack_planes(
                     stack, settings(), seed=0, device=torch.device("cpu"))}
             cpu = time.process_time() - cpu
-            psnr = [peak_signal_noise_ratio(read_image(data / "gt" / n), out[z], data_range=255)
+            psnr = [peak_signal_noise_ratio(read_image(data / "gt" / n), images[z],
+                                            data_range=255)
                     for z, n in enumerate(names)]
             rows.append({"level": level, "config": config, "psnr": float(np.mean(psnr)),
                          "cpu": cpu / 4})
