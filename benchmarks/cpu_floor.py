@@ -144,7 +144,7 @@ planes = np.stack([noisy_plane(truth(i) / 255, seed=100 + i) for i in range(coun
 with tempfile.TemporaryDirectory() as tmp:
     path = Path(tmp) / "stack.ome.tif"
     tifffile.imwrite(path, planes[None, None], ome=True, metadata={"axes": "TCZYX"})
-    s = settings()
+    s = settings(**args["set"])
     cpu, wall = time.process_time(), time.perf_counter()
     with open_stack(path) as stack:
         results = {k.z: r for k, r in denoise_stack_planes(stack, s, seed=0,
@@ -280,7 +280,9 @@ def stack(args) -> None:
     for count in (int(p) for p in args.planes.split(",")):
         for size in (int(s) for s in args.sizes.split(",")):
             for tree in trees:
-                r = child(tree, STACK, {"size": size, "planes": count}, args.precision)
+                r = child(tree, STACK, {"size": size, "planes": count,
+                                        "set": dict(v.split("=", 1) for v in args.set)},
+                          args.precision)
                 print(f"| {count} | {size} | {tree} | {r['cpu'] / count:.3f} | "
                       f"{r['wall'] / count:.3f} | {r['networks']} | {r['psnr']:.2f} "
                       f"({r['raw']:.2f}) |", flush=True)
@@ -410,6 +412,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--sizes", default="512", help="stack: plane sizes (comma-separated)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="stack: a settings field (string values: neighbours=off)")
     parser.add_argument("--samples", type=int, default=1500)
     parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--precision", default="",
