@@ -145,17 +145,12 @@ def test_a_stack_applied_in_batches_gets_the_pixels_of_plane_by_plane(monkeypatc
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
 
 
-def test_a_stack_denoised_group_by_group_reads_each_plane_once(tmp_path):
-    """denoise_stack_planes trains on a group's planes and applies its network to the same
-    planes: read once, with the pixels of train_stack followed by apply_model."""
+def _one_job_and_two(path, settings):
+    """A stack denoised by engine.denoise_stack_planes (the planes it read, in order, and its
+    results), and by engine.train_stack then engine.apply_model (the model, and results)."""
     import fm2s.engine as engine
-    from fm2s.settings import make_settings
     from fm2s.stacks import open_stack
-    from fm2s.synthetic import write_synthetic_stack
 
-    path = write_synthetic_stack(tmp_path / "s.ome.tif", t=2, c=2, z=2, size=40, seed=3)
-    settings = make_settings("confocal", steps=4, crop_size=24, batch_size=2,
-                             precision="float32", group_size=2)
     cpu = torch.device("cpu")
     with open_stack(path) as stack:
         reads = []
@@ -167,10 +162,24 @@ def test_a_stack_denoised_group_by_group_reads_each_plane_once(tmp_path):
 
         stack.read_plane = counted
         together = dict(engine.denoise_stack_planes(stack, settings, seed=0, device=cpu))
-        assert sorted(reads) == sorted(map(tuple, stack.plane_keys()))
+        stack.read_plane = original
         model = engine.train_stack(stack, settings, seed=0, device=cpu)
         apart = dict(zip(stack.plane_keys(), engine.apply_model(stack, model, device=cpu),
                          strict=True))
+    return reads, together, model, apart
+
+
+def test_a_stack_denoised_group_by_group_reads_each_plane_once(tmp_path):
+    """denoise_stack_planes trains on a group's planes and applies its network to the same
+    planes: read once, with the pixels of train_stack followed by apply_model."""
+    from fm2s.settings import make_settings
+    from fm2s.synthetic import write_synthetic_stack
+
+    path = write_synthetic_stack(tmp_path / "s.ome.tif", t=2, c=2, z=2, size=40, seed=3)
+    settings = make_settings("confocal", steps=4, crop_size=24, batch_size=2,
+                             precision="float32", group_size=2)
+    reads, together, _, apart = _one_job_and_two(path, settings)
+    assert sorted(reads) == sorted(together)
     assert together.keys() == apart.keys()
     for key, result in together.items():
         np.testing.assert_array_equal(result.image, apart[key].image)
@@ -188,7 +197,6 @@ def test_a_group_larger_than_its_training_planes_denoises_every_plane(tmp_path, 
 
     import fm2s.engine as engine
     from fm2s.settings import make_settings
-    from fm2s.stacks import open_stack
     from fm2s.synthetic import clean_plane, noisy_plane
 
     clean = np.stack([clean_plane((48, 48), seed=i % 3, blobs=6) for i in range(7)])
@@ -198,22 +206,9 @@ def test_a_group_larger_than_its_training_planes_denoises_every_plane(tmp_path, 
     monkeypatch.setattr(engine, "TRAINING_PIXELS", 3 * 48 * 48)
     settings = make_settings(preset, steps=60, crop_size=24, batch_size=4,
                              precision="float32", group_size=7)
-    cpu = torch.device("cpu")
-    with open_stack(path) as stack:
-        reads = []
-        original = stack.read_plane
-
-        def counted(key):
-            reads.append(tuple(key))
-            return original(key)
-
-        stack.read_plane = counted
-        together = dict(engine.denoise_stack_planes(stack, settings, seed=0, device=cpu))
-        if preset == "confocal":  # auto also reads the planes its noise model samples
-            assert sorted(reads) == sorted(map(tuple, stack.plane_keys()))
-        model = engine.train_stack(stack, settings, seed=0, device=cpu)
-        apart = dict(zip(stack.plane_keys(), engine.apply_model(stack, model, device=cpu),
-                         strict=True))
+    reads, together, model, apart = _one_job_and_two(path, settings)
+    if preset == "confocal":  # auto also reads the planes its noise model samples
+        assert sorted(reads) == sorted(together)
     assert [k[2] for k in model.networks["group-0"].trained_on] == [0, 3, 6]
     assert set(model.networks) == {"group-0"}
     assert {entry["network"] for entry in model.planes.values()} == {"group-0"}
