@@ -101,8 +101,7 @@ class Group:
         return f"group {self.index} (c={self.channel}, {len(self.keys)} planes)"
 
 
-def plan_groups(keys: Sequence[tuple[int, int, int]], settings: Settings,
-                plane_shape: tuple[int, int]) -> list[Group]:
+def plan_groups(keys: Sequence[tuple[int, int, int]], settings: Settings) -> list[Group]:
     """Cut a stack's planes into groups: per channel, runs of consecutive ``(t, z)`` planes.
 
     Parameters
@@ -110,10 +109,8 @@ def plan_groups(keys: Sequence[tuple[int, int, int]], settings: Settings,
     keys : sequence of (t, c, z)
         Every plane of the stack.
     settings : Settings
-        ``group_size`` planes per group (the last of a channel may have fewer).
-    plane_shape : (int, int)
-        ``(y, x)`` of the stack's planes (unused: groups do not depend on the planes' size,
-        their training planes do, :func:`training_keys`).
+        ``group_size`` planes per group (the last of a channel may have fewer), whatever
+        the planes' size (their training planes depend on it: :func:`training_keys`).
 
     Returns
     -------
@@ -365,7 +362,7 @@ def _train(stack, settings, seed, data_range, device, groups, references, progre
     they are applied. Without, those are read once the networks are trained, to record which
     network denoises each."""
     meta = stack.metadata
-    plan = plan_groups(stack.plane_keys(), settings, meta.shape[3:])
+    plan = plan_groups(stack.plane_keys(), settings)
     chosen = plan if groups is None else [plan[i] for i in groups]
     if settings.needs_estimate and references is None:
         references = stack_noise(stack, settings, data_range)
@@ -729,7 +726,7 @@ def denoise_stack_planes(
         keys = stack.plane_keys()
         yield from zip(keys, apply_model(stack, model, keys, device=device), strict=True)
         return
-    plan = plan_groups(stack.plane_keys(), settings, stack.metadata.shape[3:])
+    plan = plan_groups(stack.plane_keys(), settings)
     if settings.needs_estimate and references is None:
         references = stack_noise(stack, settings, data_range)
     pack = pack_size(device)

@@ -113,10 +113,10 @@ class JobPlan:
     chunk_trainings: list[list[int]]  # per chunk, the training jobs of its planes
 
     @classmethod
-    def of(cls, keys: Sequence[tuple[int, int, int]], plane_shape: tuple[int, int],
-           settings: Settings, planes_per_job: int) -> JobPlan:
+    def of(cls, keys: Sequence[tuple[int, int, int]], settings: Settings,
+           planes_per_job: int) -> JobPlan:
         keys = [PlaneKey(*k) for k in keys]
-        groups = plan_groups(keys, settings, plane_shape)
+        groups = plan_groups(keys, settings)
         trainings: list[list[int]] = []
         planes = TRAINING_JOB_PLANES
         for group in groups:
@@ -144,8 +144,7 @@ def plan_jobs(path: str | os.PathLike, settings: Settings, planes_per_job: int, 
               pages_as: str = "z") -> JobPlan:
     """The :class:`JobPlan` of a stack, from its headers only (no pixel reads)."""
     with open_stack(path, series=series, pages_as=pages_as) as stack:
-        shape = stack.metadata.shape
-        return JobPlan.of(stack.plane_keys(), shape[3:], settings, planes_per_job)
+        return JobPlan.of(stack.plane_keys(), settings, planes_per_job)
 
 
 def train_groups(
@@ -166,7 +165,7 @@ def train_groups(
     :func:`fm2s.engine.train_stack`, on a GPU in grouped passes."""
     with stack_job(source, series=series, pages_as=pages_as, device=device,
                    threads=threads) as job:
-        plan = plan_groups(job.stack.plane_keys(), settings, job.stack.metadata.shape[3:])
+        plan = plan_groups(job.stack.plane_keys(), settings)
         groups = range(len(plan)) if groups is None else groups
         if not groups or not all(0 <= g < len(plan) for g in groups):
             msg = (f"{source}: groups {list(groups)} out of range; the stack has {len(plan)} "

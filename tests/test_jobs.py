@@ -169,18 +169,18 @@ def test_chunks_assemble_to_what_denoise_stack_writes(tmp_path, source, tiny):
 def test_job_plan_trains_whole_groups_and_names_each_chunk_its_models():
     keys = [(t, c, z) for t in range(3) for c in range(2) for z in range(4)]
     settings = make_settings(group_size=5)
-    plan = JobPlan.of(keys, (64, 64), settings, planes_per_job=7)
+    plan = JobPlan.of(keys, settings, planes_per_job=7)
     assert [(g.channel, len(g.keys)) for g in plan.groups] == [(0, 5), (0, 5), (0, 2), (1, 5),
                                                                (1, 5), (1, 2)]
     assert plan.trainings == [[0, 1, 2], [3, 4, 5]]  # whole groups, TRAINING_JOB_PLANES at most
     assert plan.chunks[0] == (0, 7) and plan.chunk_trainings[0] == [0, 1]
     assert plan.groups[0].keys[:2] == ((0, 0, 0), (0, 0, 1))  # t, z order within a channel
-    big = JobPlan.of(keys, (2048, 2048), settings, planes_per_job=7)  # size: training planes
-    assert big.groups == plan.groups
-    assert [len(training_keys(g, (2048, 2048))) for g in big.groups] == [4, 4, 2, 4, 4, 2]
-    assert training_keys(big.groups[0], (2048, 2048)) == ((0, 0, 0), (0, 0, 1), (0, 0, 3),
+    # large planes: groups as large, their training planes fewer
+    assert [len(training_keys(g, (2048, 2048))) for g in plan.groups] == [4, 4, 2, 4, 4, 2]
+    assert [len(training_keys(g, (64, 64))) for g in plan.groups] == [5, 5, 2, 5, 5, 2]
+    assert training_keys(plan.groups[0], (2048, 2048)) == ((0, 0, 0), (0, 0, 1), (0, 0, 3),
                                                           (1, 0, 0))  # evenly spaced
-    alone = JobPlan.of(keys, (64, 64), settings.replace(group_size=1), planes_per_job=32)
+    alone = JobPlan.of(keys, settings.replace(group_size=1), planes_per_job=32)
     assert len(alone.groups) == 24 and alone.trainings == [list(range(16)), list(range(16, 24))]
 
 

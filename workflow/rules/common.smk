@@ -121,7 +121,7 @@ def job_plan(name):
         keys = [
             (t, c, z) for t in range(DEMO["t"]) for c in range(DEMO["c"]) for z in range(DEMO["z"])
         ]
-        return JobPlan.of(keys, (DEMO["size"], DEMO["size"]), SETTINGS, PLANES_PER_JOB)
+        return JobPlan.of(keys, SETTINGS, PLANES_PER_JOB)
     try:
         return plan_jobs(
             INPUTS[name],
