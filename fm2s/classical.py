@@ -19,6 +19,8 @@ as torch's passes).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numpy as np
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from scipy import signal
 
+from . import nlm_kernels
 from .plane_noise import noise_kernel
 
 __all__ = ["generalized_anscombe", "inverse_generalized_anscombe", "nlm_window", "vst_nlm",
@@ -447,6 +450,12 @@ def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
     height, width = values.shape
     reach, half = min(patch_distance, height - 1, width - 1), patch_size // 2
     scale = -1.0 / NLM_H**2
+    if fused_nlm(device):
+        def fused(z, g):
+            return nlm_kernels.guided_nl_means_band(z, g, half, reach, np.float32(scale))
+
+        planes = [np.ascontiguousarray(a, dtype=np.float32) for a in (values, guide)]
+        return _in_bands_fused(fused, planes, reach + half).astype(np.float64)
 
     def means(z, g):  # one band of rows
         total, weights = z.clone(), torch.ones_like(z)  # the pixel itself, with weight 1
@@ -523,6 +532,41 @@ def _in_bands(means, planes: list[torch.Tensor], margin: int) -> torch.Tensor:
     return out
 
 
+def fused_nlm(device: torch.device) -> bool:
+    """Whether non-local means on `device` runs the fused kernels of :mod:`fm2s.nlm_kernels`:
+    on a CPU, unless ``FM2S_FUSED_NLM=0`` in the environment (torch's passes, as before
+    0.12.0: for comparisons)."""
+    return device.type == "cpu" and os.environ.get("FM2S_FUSED_NLM", "1") != "0"
+
+
+def _in_bands_fused(kernel, planes: list[np.ndarray], margin: int) -> np.ndarray:
+    """``kernel(*planes)`` (float32 arrays, a numba kernel of :mod:`fm2s.nlm_kernels`) on
+    bands of rows with `margin` rows of context, as :func:`_in_bands` does: bands of at most
+    ``NLM_BAND_PIXELS`` pixels, and at least one per thread of torch's (``torch.get_num_threads``),
+    computed in parallel (the kernels release the GIL). Each band's inner rows are exact
+    whatever the bands, so the result does not depend on the number of threads."""
+    height, width = planes[0].shape
+    threads = max(1, torch.get_num_threads())
+    rows = max(64, min(NLM_BAND_PIXELS // max(width, 1), -(-height // threads)))
+    if rows >= height:
+        return kernel(*planes)
+    bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+    out = np.empty((height, width), dtype=np.float32)
+
+    def run(band):
+        top, bottom = band
+        low, high = max(0, top - margin), min(height, bottom + margin)
+        out[top:bottom] = kernel(*(p[low:high] for p in planes))[top - low:bottom - low]
+
+    if threads == 1:
+        for band in bands:
+            run(band)
+    else:
+        with ThreadPoolExecutor(min(threads, len(bands)), thread_name_prefix="fm2s-nlm") as pool:
+            list(pool.map(run, bands))
+    return out
+
+
 @cache
 def _window_factors(length: int, size: int, scale: float, device: torch.device) -> torch.Tensor:
     """``scale`` over :func:`_window_counts`."""
@@ -570,6 +614,17 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
     below = float(np.floor(limit) - 1.0)
     assert np.trunc(limit) > below == float(np.float32(below))
     dropped = float(_fast_exp_bits(torch.tensor([below], dtype=torch.float32))[0])
+
+    if fused_nlm(device):
+        def fused(band):
+            return nlm_kernels.nl_means_band(
+                band, radius, patch_distance, np.float32(slope), np.float32(offset),
+                np.float32(kept), np.float32(below), np.float32(dropped), np.float32(itself))
+
+        padded = np.pad(np.asarray(values, dtype=np.float64), margin,
+                        mode="reflect").astype(np.float32)
+        result = _in_bands_fused(fused, [padded], patch_distance + radius)
+        return result[margin:-margin, margin:-margin].astype(np.float64)
 
     def means(padded):  # one band of rows
         total, weights = padded * itself, torch.full_like(padded, itself)

@@ -152,21 +152,35 @@ def drift(plane: np.ndarray, other: np.ndarray, reach: int = MAX_DRIFT) -> tuple
     it beats the correlation without a shift by ``DRIFT_MARGIN`` (a shift below a pixel, or
     none, is no shift). A function of the plane that is constant almost everywhere: its
     divergence is zero, and the risk estimate of the aligned neighbours stays unbiased."""
+    return drifts(plane, [other], reach)[0]
+
+
+def drifts(plane: np.ndarray, others: Sequence[np.ndarray],
+           reach: int = MAX_DRIFT) -> list[tuple[int, int]]:
+    """:func:`drift` of each of `others` against `plane`, the plane's detail and its
+    spectrum computed once."""
+    window = np.outer(np.hanning(plane.shape[0]), np.hanning(plane.shape[1]))
+    spectrum = np.fft.rfft2(_detail(plane, window))
+    reach = min(reach, plane.shape[0] // 4, plane.shape[1] // 4)
+    shifts = []
+    for other in others:
+        corr = np.fft.irfft2(spectrum * np.conj(np.fft.rfft2(_detail(other, window))),
+                             s=plane.shape)
+        best, where = corr[0, 0], (0, 0)
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):
+                if corr[dy, dx] > best:
+                    best, where = corr[dy, dx], (dy, dx)
+        no_shift = best <= 0 or corr[0, 0] >= (1 - DRIFT_MARGIN) * best
+        shifts.append((0, 0) if no_shift else where)
+    return shifts
+
+
+def _detail(plane: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """`plane` less its Gaussian blur of ``DRIFT_DETAIL`` pixels, times `window`."""
     from scipy import ndimage
 
-    window = np.outer(np.hanning(plane.shape[0]), np.hanning(plane.shape[1]))
-    a = (plane - ndimage.gaussian_filter(plane, DRIFT_DETAIL)) * window
-    b = (other - ndimage.gaussian_filter(other, DRIFT_DETAIL)) * window
-    corr = np.fft.irfft2(np.fft.rfft2(a) * np.conj(np.fft.rfft2(b)), s=plane.shape)
-    reach = min(reach, plane.shape[0] // 4, plane.shape[1] // 4)
-    best, where = corr[0, 0], (0, 0)
-    for dy in range(-reach, reach + 1):
-        for dx in range(-reach, reach + 1):
-            if corr[dy, dx] > best:
-                best, where = corr[dy, dx], (dy, dx)
-    if best <= 0 or corr[0, 0] >= (1 - DRIFT_MARGIN) * best:
-        return (0, 0)
-    return where
+    return (plane - ndimage.gaussian_filter(plane, DRIFT_DETAIL)) * window
 
 
 def moved_by(plane: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
@@ -272,7 +286,7 @@ def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
     stack = np.stack([np.asarray(n, dtype=np.float64) * per_dn for n in neighbours])
     # Aligned by their drift, or as they are: the one of the two of least estimated risk
     # (a sub-pixel drift is better left alone).
-    shifts = [drift(plane, n) for n in stack] if ALIGN else [(0, 0)] * len(stack)
+    shifts = drifts(plane, stack) if ALIGN else [(0, 0)] * len(stack)
     options = [[(0, 0)] * len(stack)] + ([shifts] if any(map(any, shifts)) else [])
     best = None
     for option in options:

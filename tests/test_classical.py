@@ -105,9 +105,18 @@ def brute_force_guided_nlm(values, guide, patch_size, distance, h):
     return out
 
 
+#: Non-local means on a CPU: the fused kernels (fm2s.nlm_kernels) and torch's passes, which
+#: are what a GPU runs.
+NLM_PATHS = pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "torch"])
+
+
+@NLM_PATHS
 @pytest.mark.parametrize(("shape", "patch_size", "distance"), [((11, 14), 3, 2), ((4, 13), 5, 6)])
-def test_guided_nlm_follows_its_definition_up_to_the_borders(shape, patch_size, distance):
+def test_guided_nlm_follows_its_definition_up_to_the_borders(monkeypatch, fused, shape,
+                                                              patch_size, distance):
     from fm2s.classical import NLM_H, _guided_nl_means
+
+    monkeypatch.setenv("FM2S_FUSED_NLM", fused)
 
     rng = np.random.default_rng(5)
     guide = rng.normal(0.0, 1.0, shape).cumsum(axis=1)
@@ -119,12 +128,16 @@ def test_guided_nlm_follows_its_definition_up_to_the_borders(shape, patch_size, 
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@NLM_PATHS
 @pytest.mark.parametrize(("shape", "patch_size", "distance"),
                          [((40, 57), 5, 6), ((33, 30), 11, 12), ((3, 20), 5, 6), ((2, 3), 5, 6)])
-def test_classical_nlm_is_scikit_images_fast_mode(shape, patch_size, distance):
+def test_classical_nlm_is_scikit_images_fast_mode(monkeypatch, fused, shape, patch_size,
+                                                  distance):
     from skimage.restoration import denoise_nl_means
 
     from fm2s.classical import NLM_H, _nl_means
+
+    monkeypatch.setenv("FM2S_FUSED_NLM", fused)
 
     rng = np.random.default_rng(7)
     values = 3.0 * clean_plane(shape, seed=8) + rng.normal(0.0, 1.0, shape)
@@ -135,10 +148,12 @@ def test_classical_nlm_is_scikit_images_fast_mode(shape, patch_size, distance):
     assert np.abs(got - values).mean() > 0.1  # it smooths
 
 
+@NLM_PATHS
 @pytest.mark.parametrize("patch_size", [5, 11])
-def test_nlm_in_bands_of_rows_equals_nlm_at_once(monkeypatch, patch_size):
+def test_nlm_in_bands_of_rows_equals_nlm_at_once(monkeypatch, fused, patch_size):
     import fm2s.classical as classical
 
+    monkeypatch.setenv("FM2S_FUSED_NLM", fused)
     rng = np.random.default_rng(9)
     values = 3.0 * clean_plane((150, 70), seed=10) + rng.normal(0.0, 1.0, (150, 70))
     guide = values + rng.normal(0.0, 0.5, values.shape)
@@ -150,6 +165,45 @@ def test_nlm_in_bands_of_rows_equals_nlm_at_once(monkeypatch, patch_size):
     banded = (classical._nl_means(values, patch_size, distance, cpu),
               classical._guided_nl_means(values, guide, patch_size, distance, cpu))
     for got, expected in zip(banded, whole, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("patch_size", [5, 11])
+def test_fused_nlm_equals_torchs_passes_to_float32_rounding(monkeypatch, patch_size):
+    import fm2s.classical as classical
+
+    rng = np.random.default_rng(11)
+    shape = (173, 190)
+    values = 20.0 * clean_plane(shape, seed=12) + rng.normal(0.0, 1.0, shape)
+    guide = 20.0 * clean_plane(shape, seed=12)
+    distance, cpu = patch_size + 1, torch.device("cpu")
+    results = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("FM2S_FUSED_NLM", fused)
+        results[fused] = (classical._nl_means(values, patch_size, distance, cpu),
+                          classical._guided_nl_means(values, guide, patch_size, distance, cpu))
+    for got, expected in zip(results["1"], results["0"], strict=True):
+        # float32 sums in another order: a few ulp of values up to about 20
+        np.testing.assert_allclose(got, expected, rtol=0, atol=5e-5)
+        assert np.abs(got - values).mean() > 0.3  # both smooth
+
+
+def test_fused_nlm_does_not_depend_on_the_number_of_threads(monkeypatch):
+    import fm2s.classical as classical
+
+    rng = np.random.default_rng(13)
+    values = 3.0 * clean_plane((300, 90), seed=14) + rng.normal(0.0, 1.0, (300, 90))
+    guide = values + rng.normal(0.0, 0.5, values.shape)
+    cpu, threads = torch.device("cpu"), torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 3):  # one band; three bands computed in parallel threads
+            torch.set_num_threads(count)
+            results.append((classical._nl_means(values, 5, 6, cpu),
+                            classical._guided_nl_means(values, guide, 5, 6, cpu)))
+    finally:
+        torch.set_num_threads(threads)
+    for got, expected in zip(*results, strict=True):
         np.testing.assert_array_equal(got, expected)
 
 
