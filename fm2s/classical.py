@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from scipy import signal
 
-from . import nlm_kernels
 from .plane_noise import noise_kernel
 
 __all__ = ["generalized_anscombe", "inverse_generalized_anscombe", "nlm_window", "vst_nlm",
@@ -451,6 +450,8 @@ def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
     reach, half = min(patch_distance, height - 1, width - 1), patch_size // 2
     scale = -1.0 / NLM_H**2
     if fused_nlm(device):
+        from . import nlm_kernels  # numba: imported where it is used (0.2 s)
+
         def fused(z, g):
             return nlm_kernels.guided_nl_means_band(z, g, half, reach, np.float32(scale))
 
@@ -616,10 +617,13 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
     dropped = float(_fast_exp_bits(torch.tensor([below], dtype=torch.float32))[0])
 
     if fused_nlm(device):
+        from . import nlm_kernels
+
         def fused(band):
             return nlm_kernels.nl_means_band(
                 band, radius, patch_distance, np.float32(slope), np.float32(offset),
-                np.float32(kept), np.float32(below), np.float32(dropped), np.float32(itself))
+                np.float32(kept), np.float32(below),
+                np.array(dropped, dtype=np.float32).view(np.int32)[()], np.float32(itself))
 
         padded = np.pad(np.asarray(values, dtype=np.float64), margin,
                         mode="reflect").astype(np.float32)

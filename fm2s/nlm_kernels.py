@@ -1,17 +1,23 @@
-"""Non-local means on a CPU core: each offset of the search window in one fused pass (numba).
+"""Non-local means on a CPU: each offset of the search window in one fused pass (numba).
 
 :func:`fm2s.classical.vst_nlm` written as torch operations makes about 15 passes over the
 plane per offset of the search window (squared differences, box sums, the weight, four
-accumulations), each through memory: about 0.05 s for a 512 x 512 plane on one core. Here
-one compiled loop per offset and row computes the same sums from a few rows held in cache:
-the squared differences of one new row of patch pixels, the box sums by columns then along
-the row, the weight, and the accumulation of both pixels of each pair. The arithmetic and its
-order per pixel follow the torch version (:func:`fm2s.classical._nl_means`,
-:func:`fm2s.classical._guided_nl_means`), except that box sums add their terms in order
-instead of by doubling, so results agree with it to float32 rounding (a pair whose patch
-distance lies within rounding of the cut-off may fall on the other side).
+accumulations), each a trip through memory and a dispatch of its own. Here one compiled loop
+nest per offset and row computes the same sums from a few rows held in cache: the squared
+differences of one new row of patch pixels, the box sums by columns then along the row, the
+weight, and the accumulation of both pixels of each pair. On one core of the AVX-512 CPUs
+this project measures on, a 512 x 512 plane with 5 x 5 patches takes about 0.02 s per pass,
+classical or guided, against 0.04 and 0.05 s for torch's passes (``benchmarks/cpu_floor.py
+parts``); on small planes, where torch's dispatch dominates, the gain is larger.
 
-The functions compile on first use (about 1-2 s each, cached beside this module or in
+The arithmetic follows the torch version (:func:`fm2s.classical._nl_means`,
+:func:`fm2s.classical._guided_nl_means`, which a GPU runs): the same float32 operations,
+box sums of 5 x 5 patches in the same order (other sizes add their terms in order), and an
+exponential within 2 ulp of torch's. Only the order in which a pixel's pairs are accumulated
+differs, so results agree to float32 rounding (a pair whose patch distance lies within
+rounding of the classical cut-off may fall on the other side of it).
+
+The functions compile on first use (a few seconds, then cached beside this module or in
 ``NUMBA_CACHE_DIR``) and release the GIL, so that bands of a plane run in parallel threads.
 """
 
@@ -38,7 +44,8 @@ def _jit(function):
 
 
 @_jit
-def nl_means_band(padded, radius, reach, slope, offset, kept, below, dropped, itself):
+def nl_means_band(padded, radius, reach, slope, offset, kept, below, dropped_bits,
+                  itself):
     """The classical (scikit-image fast-mode) non-local means of one band of a reflected
     plane, float32 (R, C): ``total / weights`` at every pixel (only those at least
     ``reach + radius`` from the band's edges are the plane's result).
@@ -46,10 +53,10 @@ def nl_means_band(padded, radius, reach, slope, offset, kept, below, dropped, it
     A pair ``(p, p + o)`` has the box sum ``b`` of its squared differences over the
     ``2 radius`` by ``2 radius`` pixels from ``-radius + 1`` to ``radius`` of ``p``;
     ``high = offset + slope * b`` (float32), replaced by `below` where not above `kept`
-    and clamped at 0, gives the weight's bits ``(int32(high) + FAST_EXP_BIAS) << 3``, a
-    weight not above `dropped` being 0. Both pixels of the pair take each other's value with
-    that weight; every pixel has itself with weight `itself`. The float32 arguments must be
-    float32 scalars (their arithmetic is float32, as torch's).
+    and clamped at 0, gives the weight's bits ``(int32(high) + FAST_EXP_BIAS) << 3``; a
+    weight whose bits are not above `dropped_bits` (an int32) is 0. Both pixels of the pair
+    take each other's value with that weight; every pixel has itself with weight `itself`.
+    The float arguments must be float32 scalars (their arithmetic is float32, as torch's).
     """
     rows, cols = padded.shape
     side = 2 * radius  # the box: -radius + 1 .. radius
@@ -80,22 +87,27 @@ def nl_means_band(padded, radius, reach, slope, offset, kept, below, dropped, it
                 new = top + side - 1
                 _square_row(padded[new, low:high], padded[new + dy, low + dx:high + dx],
                             squares[new % side, low:high])
-                _column_sums(squares, top, side, low, high, columns[low:high])
                 box = boxes[first:last]
-                box[:] = columns[first - radius + 1:last - radius + 1]
-                for k in range(2 - radius, radius + 1):
-                    _add(box, columns[first + k:last + k])
+                if side == 4:  # 5 x 5 patches: pairs of pairs, as torch's doubling sums
+                    _sum4(squares[top % 4, low:high], squares[(top + 1) % 4, low:high],
+                          squares[(top + 2) % 4, low:high], squares[(top + 3) % 4, low:high],
+                          columns[low:high])
+                    _sum4(columns[first - 1:last - 1], columns[first:last],
+                          columns[first + 1:last + 1], columns[first + 2:last + 2], box)
+                else:
+                    _column_sums(squares, top, side, low, high, columns[low:high])
+                    box[:] = columns[first - radius + 1:last - radius + 1]
+                    for k in range(2 - radius, radius + 1):
+                        _add(box, columns[first + k:last + k])
                 weight_bits = bits[first:last]
                 for x in range(n):
                     h = offset + slope * box[x]
                     h = h if h > kept else below
-                    h = min(h, zero)
-                    weight_bits[x] = (np.int32(h) + bias) << 3
-                weight = weight_bits.view(np.float32)
-                for x in range(n):
-                    w = weight[x]
-                    weight[x] = w if w > dropped else zero
-                _accumulate(total, weights, padded, weight, y, dy, dx, first, last)
+                    b = (np.int32(min(h, zero)) + bias) << 3
+                    # the weights are positive floats, ordered as their bits
+                    weight_bits[x] = b if b > dropped_bits else 0
+                _accumulate(total, weights, padded, weight_bits.view(np.float32), y, dy, dx,
+                            first, last)
     return total / weights
 
 
@@ -118,6 +130,7 @@ def guided_nl_means_band(values, guide, half, reach, scale):
     col_factors = np.zeros(cols, dtype=np.float32)
     weights_row = np.zeros(cols, dtype=np.float32)
     powers = np.zeros(cols, dtype=np.int32)
+    blank = np.zeros(cols, dtype=np.float32)  # the rows above the band
     one = np.float32(1.0)
     for dy in range(reach + 1):
         count_rows = rows - dy
@@ -147,11 +160,19 @@ def guided_nl_means_band(values, guide, half, reach, scale):
                     squares[new % side, low:high] = 0.0
                 # rows y - half .. y + half of the squares (zeros beyond the pair's rows)
                 top = max(y - half, 0)
-                _column_sums(squares, top, y + half + 1 - top, low, high,
-                             columns[low + half:high + half])
-                box[:] = columns[low:high]
-                for k in range(1, side):
-                    _add(box, columns[low + k:high + k])
+                if side == 5:  # 5 x 5 patches: x0 + ((x1 + x2) + (x3 + x4)), as torch's sums
+                    _sum5(squares[(y - 2) % 5, low:high] if y >= 2 else blank[low:high],
+                          squares[(y - 1) % 5, low:high] if y >= 1 else blank[low:high],
+                          squares[y % 5, low:high], squares[(y + 1) % 5, low:high],
+                          squares[(y + 2) % 5, low:high], columns[low + half:high + half])
+                    _sum5(columns[low:high], columns[low + 1:high + 1], columns[low + 2:high + 2],
+                          columns[low + 3:high + 3], columns[low + 4:high + 4], box)
+                else:
+                    _column_sums(squares, top, y + half + 1 - top, low, high,
+                                 columns[low + half:high + half])
+                    box[:] = columns[low:high]
+                    for k in range(1, side):
+                        _add(box, columns[low + k:high + k])
                 factor = scale / np.float32(min(y + half, count_rows - 1) - top + 1)
                 for j in range(count):
                     weight[j] = box[j] * factor * factors[j]
@@ -176,6 +197,20 @@ def _column_sums(squares, top, count, low, high, out):
     out[:] = squares[top % side, low:high]
     for k in range(1, count):
         _add(out, squares[(top + k) % side, low:high])
+
+
+@numba.njit(inline="always", nogil=True)
+def _sum4(a, b, c, d, out):
+    """``out = (a + b) + (c + d)``, elementwise."""
+    for x in range(len(out)):
+        out[x] = (a[x] + b[x]) + (c[x] + d[x])
+
+
+@numba.njit(inline="always", nogil=True)
+def _sum5(a, b, c, d, e, out):
+    """``out = a + ((b + c) + (d + e))``, elementwise."""
+    for x in range(len(out)):
+        out[x] = a[x] + ((b[x] + c[x]) + (d[x] + e[x]))
 
 
 @numba.njit(inline="always", nogil=True)
