@@ -1,15 +1,14 @@
 """Classical estimates of Poisson-Gaussian planes on the generalized Anscombe transform.
 
 Non-local means, the classical and the guided estimates of the ``sure-nlm`` blend
-(:func:`fm2s.blend.sure_weights`), in torch on the network's device: no training, about
-0.09 and 0.08 s per pass (classical, guided) over a 512 x 512 plane with white noise on one
-core (AVX-512), within 2x of what torch's one-operation passes over the plane can cost
-(``benchmarks/cpu_floor.py floor``: about 20 and 17 operations per pixel for each of the 84
-offsets of half the search window, 0.06 and 0.05 s at the in-cache rate of such passes); with
-the 11 x 11 patches of a wide-field camera's correlated noise about 0.5 and 0.4 s. Their
-errors differ from the network's: they keep fine repeated texture that the network smooths,
-and average the broad correlated noise of wide-field cameras over larger patches than the
-network sees.
+(:func:`fm2s.blend.sure_weights`): no training; on a CPU as fused kernels
+(:mod:`fm2s.nlm_kernels`, numba: about 0.02 s per pass over a 512 x 512 plane with white
+noise on one AVX-512 core, 0.16 s with the 11 x 11 patches of a wide-field camera's
+correlated noise), elsewhere in torch on the network's device (on that core 0.04-0.06 s, and
+0.2-0.3 s; about 20 and 17 one-operation passes over the plane for each of the 84 offsets of
+half the search window). Their errors differ from the network's: they keep fine repeated
+texture that the network smooths, and average the broad correlated noise of wide-field
+cameras over larger patches than the network sees.
 
 The empirical Wiener filter of :func:`vst_wiener` refines that blend on white-noise planes
 (the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 0.06 s
@@ -454,6 +453,7 @@ def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
     lie in the plane. (A reflected pixel near the border would often be the pixel itself or
     its neighbour again, and average its noise twice.) ``d`` is symmetric, the patches at ``p``
     and ``p + o`` being those at ``q = p + o`` and ``q - o``: half of the offsets are computed.
+    On a CPU, :func:`fm2s.nlm_kernels.guided_nl_means_band` computes it.
     """
     height, width = values.shape
     reach, half = min(patch_distance, height - 1, width - 1), patch_size // 2
@@ -595,8 +595,9 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
               device: torch.device) -> np.ndarray:
     """scikit-image's fast-mode non-local means of a plane with unit noise variance
     (``denoise_nl_means(values, patch_size, patch_distance, h=NLM_H, sigma=1,
-    fast_mode=True)``), rewritten in torch so that it runs on `device` (on one CPU core, 0.11
-    against 0.23 s for a 512 x 512 plane).
+    fast_mode=True)``), rewritten in torch so that it runs on `device`, and on a CPU as the
+    fused kernel :func:`fm2s.nlm_kernels.nl_means_band` (on one core 0.02 s for a 512 x 512
+    plane, scikit-image 0.23 s).
 
     Its rules are kept, as they decide its output (fm2s 0.8.1 measured a plainer version:
     -0.03 dB in the blend on wide-field planes): the plane is reflected beyond its borders by
