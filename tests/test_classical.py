@@ -1,6 +1,9 @@
 """The classical candidates of the ``sure-nlm`` blend, the blend's several-candidate SURE and
 the empirical Wiener filter of the ``sure-nlm-wiener`` blend."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -205,6 +208,27 @@ def test_fused_nlm_does_not_depend_on_the_number_of_threads(monkeypatch):
         torch.set_num_threads(threads)
     for got, expected in zip(*results, strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_fused_nlm_runs_where_numba_cannot_cache_it():
+    # A read-only install with no writable cache folder: numba finds no place for its cache
+    # (no "locator"), and the kernels compile in the process instead.
+    code = (
+        "import numba.core.caching as caching\n"
+        "caching.CacheImpl._locator_classes = []\n"
+        "import numpy as np, torch\n"
+        "from fm2s import classical, nlm_kernels\n"
+        "values = np.arange(400.0).reshape(20, 20) % 7\n"
+        "out = classical._nl_means(values, 5, 6, torch.device('cpu'))\n"
+        "print(type(nlm_kernels.nl_means_band._cache).__name__, float(np.abs(out).sum()))\n")
+    import fm2s.classical as classical
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    kind, total = done.stdout.split()
+    values = np.arange(400.0).reshape(20, 20) % 7
+    expected = classical._nl_means(values, 5, 6, torch.device("cpu"))
+    assert kind == "NullCache" and float(total) == float(np.abs(expected).sum())
 
 
 def test_the_fast_exponential_is_schraudolphs():
