@@ -531,15 +531,24 @@ def _in_bands(means, planes: list[torch.Tensor], margin: int) -> torch.Tensor:
     where the planes are on a CPU (on a GPU, at once): each band's inner rows are exact when
     every output pixel depends only on the rows within `margin` of it."""
     height, width = planes[0].shape
-    rows = max(64, NLM_BAND_PIXELS // max(width, 1))
-    if planes[0].device.type != "cpu" or rows >= height:
+    bands = _bands(height, width, margin)
+    if planes[0].device.type != "cpu" or len(bands) == 1:
         return means(*planes)
     out = torch.empty_like(planes[0])
-    for top in range(0, height, rows):
-        bottom = min(top + rows, height)
-        low, high = max(0, top - margin), min(height, bottom + margin)
+    for top, bottom, low, high in bands:
         out[top:bottom] = means(*(p[low:high] for p in planes))[top - low:bottom - low]
     return out
+
+
+def _bands(height: int, width: int, margin: int, threads: int = 1
+           ) -> list[tuple[int, int, int, int]]:
+    """``(top, bottom, low, high)`` of each band of rows of a ``height x width`` plane: rows
+    ``top .. bottom - 1``, read with `margin` rows of context (``low .. high - 1``). Bands
+    hold at most ``NLM_BAND_PIXELS`` pixels (at least 64 rows), and there are at least
+    `threads` of them where the plane has the rows."""
+    rows = max(64, min(NLM_BAND_PIXELS // max(width, 1), -(-height // threads)))
+    return [(top, min(top + rows, height), max(0, top - margin),
+             min(height, top + rows + margin)) for top in range(0, height, rows)]
 
 
 def fused_nlm(device: torch.device) -> bool:
@@ -557,15 +566,13 @@ def _in_bands_fused(kernel, planes: list[np.ndarray], margin: int) -> np.ndarray
     whatever the bands, so the result does not depend on the number of threads."""
     height, width = planes[0].shape
     threads = max(1, torch.get_num_threads())
-    rows = max(64, min(NLM_BAND_PIXELS // max(width, 1), -(-height // threads)))
-    if rows >= height:
+    bands = _bands(height, width, margin, threads)
+    if len(bands) == 1:
         return kernel(*planes)
-    bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
     out = np.empty((height, width), dtype=np.float32)
 
     def run(band):
-        top, bottom = band
-        low, high = max(0, top - margin), min(height, bottom + margin)
+        top, bottom, low, high = band
         out[top:bottom] = kernel(*(p[low:high] for p in planes))[top - low:bottom - low]
 
     if threads == 1:
