@@ -215,7 +215,7 @@ def child(tree: str, code: str, args: dict, precision: str) -> dict:
         # float32 training (oneDNN then reports no native bfloat16, so `auto` picks float32)
         env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2",
                    MKL_ENABLE_INSTRUCTIONS="AVX2", FM2S_AUTO_PRECISION="float32",
-                   NUMBA_CPU_NAME="haswell")  # numba's kernels (fm2s.nlm_kernels) too
+                   NUMBA_CPU_NAME="haswell")  # numba's kernels (fm2s.cpu_kernels) too
     elif precision:
         env["FM2S_AUTO_PRECISION"] = precision
     # -P and a neutral folder: the child imports fm2s from PYTHONPATH, never from the cwd

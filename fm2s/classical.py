@@ -2,7 +2,7 @@
 
 Non-local means, the classical and the guided estimates of the ``sure-nlm`` blend
 (:func:`fm2s.blend.sure_weights`): no training; on a CPU as fused kernels
-(:mod:`fm2s.nlm_kernels`, numba: about 0.02 s per pass over a 512 x 512 plane with white
+(:mod:`fm2s.cpu_kernels`, numba: about 0.02 s per pass over a 512 x 512 plane with white
 noise on one AVX-512 core, 0.16 s with the 11 x 11 patches of a wide-field camera's
 correlated noise), elsewhere in torch on the network's device (on that core 0.04-0.06 s, and
 0.2-0.3 s; about 20 and 17 one-operation passes over the plane for each of the 84 offsets of
@@ -321,6 +321,11 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
     coefficients_b, spectrum_b, spare_b = (torch.empty((band, size, count), **f32)
                                            for _ in range(3))
     ones = torch.ones((band, 1, size), **f32)
+    fused = fused_kernels(device)
+    if fused:
+        from . import cpu_kernels as kernels  # numba: imported where it is used (0.2 s)
+        fused_variance = np.ascontiguousarray(np.repeat(
+            noise_var.astype(np.float32)[:, None, :], across, axis=1).reshape(size, count))
     # rows start .. start + len of the padded plane, zero beyond the rows that bands reached
     sums = torch.zeros((reach + WIENER_SLACK_ROWS, count), **f32)
     start = 0
@@ -333,21 +338,13 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
         for h, out in ((rows_h.advance(top, n), coefficients), (guide_h.advance(top, n), spectrum)):
             rows = h.as_strided((n, size, h.shape[1]), (h.stride(0), h.stride(0), 1))
             torch.bmm(cos.expand(n, size, size), rows[:, :, :count], out=out)
-        # shrink = p^2 / (p^2 + s^2), weight = 1 / sum(shrink^2 s^2): with out= and in place,
-        # so that the band's three arrays stay in cache
-        if white:
-            torch.addcmul(ones[0, 0, 0], spectrum, spectrum, out=spare)
+        # shrink = p^2 / (p^2 + s^2), weight = 1 / sum(shrink^2 s^2)
+        if fused:
+            kernels.wiener_shrink(coefficients.numpy(), spectrum.numpy(), fused_variance,
+                                  patch_weights[top:top + n].numpy())
         else:
-            torch.addcmul(variance[:n], spectrum, spectrum, out=spare)
-        shrink = torch.div(spectrum.square_(), spare, out=spectrum)
-        energy = torch.square(shrink, out=spare)
-        if not white:
-            energy.mul_(variance[:n])
-        weight = torch.bmm(ones[:n], energy).view(n, across, size).sum(-1)
-        weight = weight.clamp_min_(1e-8).reciprocal_()
-        patch_weights[top:top + n] = weight
-        shrink.mul_(weight.repeat_interleave(size, dim=1)[:, None])
-        coefficients.mul_(shrink)
+            _wiener_shrink(coefficients, spectrum, spare, variance, ones, white,
+                           patch_weights[top:top + n])
         if top + reach - start > len(sums):  # slide: the rows still open to the front
             sums[:size - 1] = sums[top - start:top - start + size - 1].clone()
             sums[size - 1:].zero_()
@@ -361,6 +358,26 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
         if first < last:
             back(sums[first - start:last - start], out=total[first - size + 1:last - size + 1])
     return total, _window_sums_2d(patch_weights, window, height, width)
+
+
+def _wiener_shrink(coefficients, spectrum, spare, variance, ones, white, patch_weights):
+    """:func:`fm2s.cpu_kernels.wiener_shrink` as torch operations (a GPU's), with out= and in
+    place so that a band's three arrays stay in cache; `variance` is that of the kernel
+    repeated over the band's rows, or None where `white` (the products by 1 left out)."""
+    n, size, count = coefficients.shape
+    if white:
+        torch.addcmul(ones[0, 0, 0], spectrum, spectrum, out=spare)
+    else:
+        torch.addcmul(variance[:n], spectrum, spectrum, out=spare)
+    shrink = torch.div(spectrum.square_(), spare, out=spectrum)
+    energy = torch.square(shrink, out=spare)
+    if not white:
+        energy.mul_(variance[:n])
+    weight = torch.bmm(ones[:n], energy).view(n, count // size, size).sum(-1)
+    weight = weight.clamp_min_(1e-8).reciprocal_()
+    patch_weights.copy_(weight)
+    shrink.mul_(weight.repeat_interleave(size, dim=1)[:, None])
+    coefficients.mul_(shrink)
 
 
 class _RowTransform:
@@ -453,16 +470,16 @@ def _guided_nl_means(values: np.ndarray, guide: np.ndarray, patch_size: int,
     lie in the plane. (A reflected pixel near the border would often be the pixel itself or
     its neighbour again, and average its noise twice.) ``d`` is symmetric, the patches at ``p``
     and ``p + o`` being those at ``q = p + o`` and ``q - o``: half of the offsets are computed.
-    On a CPU, :func:`fm2s.nlm_kernels.guided_nl_means_band` computes it.
+    On a CPU, :func:`fm2s.cpu_kernels.guided_nl_means_band` computes it.
     """
     height, width = values.shape
     reach, half = min(patch_distance, height - 1, width - 1), patch_size // 2
     scale = -1.0 / NLM_H**2
-    if fused_nlm(device):
-        from . import nlm_kernels  # numba: imported where it is used (0.2 s)
+    if fused_kernels(device):
+        from . import cpu_kernels  # numba: imported where it is used (0.2 s)
 
         def fused(z, g):
-            return nlm_kernels.guided_nl_means_band(z, g, half, reach, np.float32(scale))
+            return cpu_kernels.guided_nl_means_band(z, g, half, reach, np.float32(scale))
 
         planes = [np.ascontiguousarray(a, dtype=np.float32) for a in (values, guide)]
         return _in_bands_fused(fused, planes, reach + half).astype(np.float64)
@@ -551,15 +568,15 @@ def _bands(height: int, width: int, margin: int, threads: int = 1
              min(height, top + rows + margin)) for top in range(0, height, rows)]
 
 
-def fused_nlm(device: torch.device) -> bool:
-    """Whether non-local means on `device` runs the fused kernels of :mod:`fm2s.nlm_kernels`:
-    on a CPU, unless ``FM2S_FUSED_NLM=0`` in the environment (torch's passes, as before
-    0.12.0: for comparisons)."""
-    return device.type == "cpu" and os.environ.get("FM2S_FUSED_NLM", "1") != "0"
+def fused_kernels(device: torch.device) -> bool:
+    """Whether non-local means and the Wiener filter's shrinkage on `device` run the fused
+    kernels of :mod:`fm2s.cpu_kernels`: on a CPU, unless ``FM2S_FUSED_KERNELS=0`` in the
+    environment (torch's operations, which a GPU runs: for comparisons)."""
+    return device.type == "cpu" and os.environ.get("FM2S_FUSED_KERNELS", "1") != "0"
 
 
 def _in_bands_fused(kernel, planes: list[np.ndarray], margin: int) -> np.ndarray:
-    """``kernel(*planes)`` (float32 arrays, a numba kernel of :mod:`fm2s.nlm_kernels`) on
+    """``kernel(*planes)`` (float32 arrays, a numba kernel of :mod:`fm2s.cpu_kernels`) on
     bands of rows with `margin` rows of context, as :func:`_in_bands` does: bands of at most
     ``NLM_BAND_PIXELS`` pixels, and at least one per thread of torch's (``torch.get_num_threads``),
     computed in parallel (the kernels release the GIL). Each band's inner rows are exact
@@ -603,7 +620,7 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
     """scikit-image's fast-mode non-local means of a plane with unit noise variance
     (``denoise_nl_means(values, patch_size, patch_distance, h=NLM_H, sigma=1,
     fast_mode=True)``), rewritten in torch so that it runs on `device`, and on a CPU as the
-    fused kernel :func:`fm2s.nlm_kernels.nl_means_band` (on one core 0.02 s for a 512 x 512
+    fused kernel :func:`fm2s.cpu_kernels.nl_means_band` (on one core 0.02 s for a 512 x 512
     plane, scikit-image 0.23 s).
 
     Its rules are kept, as they decide its output (fm2s 0.8.1 measured a plainer version:
@@ -633,11 +650,11 @@ def _nl_means(values: np.ndarray, patch_size: int, patch_distance: int,
     assert np.trunc(limit) > below == float(np.float32(below))
     dropped = float(_fast_exp_bits(torch.tensor([below], dtype=torch.float32))[0])
 
-    if fused_nlm(device):
-        from . import nlm_kernels
+    if fused_kernels(device):
+        from . import cpu_kernels
 
         def fused(band):
-            return nlm_kernels.nl_means_band(
+            return cpu_kernels.nl_means_band(
                 band, radius, patch_distance, np.float32(slope), np.float32(offset),
                 np.float32(kept), np.float32(below),
                 np.array(dropped, dtype=np.float32).view(np.int32)[()], np.float32(itself))

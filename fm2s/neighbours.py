@@ -40,8 +40,11 @@ same whichever group, chunk or job it is computed in.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -157,15 +160,15 @@ def drift(plane: np.ndarray, other: np.ndarray, reach: int = MAX_DRIFT) -> tuple
 
 def drifts(plane: np.ndarray, others: Sequence[np.ndarray],
            reach: int = MAX_DRIFT) -> list[tuple[int, int]]:
-    """:func:`drift` of each of `others` against `plane`, the plane's detail and its
-    spectrum computed once."""
-    window = np.outer(np.hanning(plane.shape[0]), np.hanning(plane.shape[1]))
-    spectrum = np.fft.rfft2(_detail(plane, window))
+    """:func:`drift` of each of `others` against `plane`. The shift does not depend on the
+    planes' scales, so `others` may be raw planes in their own units; their detail's spectra
+    are kept for the next few calls (:class:`_SpectrumCache`: a neighbour serves up to
+    ``2 REACH`` planes), the plane's is computed once."""
+    spectrum = _detail_spectrum(np.asarray(plane, dtype=np.float64))
     reach = min(reach, plane.shape[0] // 4, plane.shape[1] // 4)
     shifts = []
     for other in others:
-        corr = np.fft.irfft2(spectrum * np.conj(np.fft.rfft2(_detail(other, window))),
-                             s=plane.shape)
+        corr = np.fft.irfft2(spectrum * np.conj(_NEIGHBOUR_SPECTRA.get(other)), s=plane.shape)
         best, where = corr[0, 0], (0, 0)
         for dy in range(-reach, reach + 1):
             for dx in range(-reach, reach + 1):
@@ -176,11 +179,44 @@ def drifts(plane: np.ndarray, others: Sequence[np.ndarray],
     return shifts
 
 
-def _detail(plane: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """`plane` less its Gaussian blur of ``DRIFT_DETAIL`` pixels, times `window`."""
+def _detail_spectrum(plane: np.ndarray) -> np.ndarray:
+    """The 2-D spectrum (``rfft2``) of `plane` less its Gaussian blur of ``DRIFT_DETAIL``
+    pixels, Hann-windowed."""
     from scipy import ndimage
 
-    return (plane - ndimage.gaussian_filter(plane, DRIFT_DETAIL)) * window
+    plane = np.asarray(plane, dtype=np.float64)
+    window = np.outer(np.hanning(plane.shape[0]), np.hanning(plane.shape[1]))
+    return np.fft.rfft2((plane - ndimage.gaussian_filter(plane, DRIFT_DETAIL)) * window)
+
+
+class _SpectrumCache:
+    """:func:`_detail_spectrum` of the last `size` planes seen, by their bytes (a digest), so
+    that a hit gives exactly what a miss computes: the result does not depend on which planes
+    a process saw before."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.spectra: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, plane: np.ndarray) -> np.ndarray:
+        plane = np.ascontiguousarray(plane)
+        key = (plane.shape, plane.dtype.str, hashlib.blake2b(plane.view(np.uint8)).digest())
+        with self.lock:
+            spectrum = self.spectra.get(key)
+            if spectrum is not None:
+                self.spectra.move_to_end(key)
+                return spectrum
+        spectrum = _detail_spectrum(plane)
+        with self.lock:
+            self.spectra[key] = spectrum
+            while len(self.spectra) > self.size:
+                self.spectra.popitem(last=False)
+        return spectrum
+
+
+#: The neighbours of consecutive planes overlap in all but one.
+_NEIGHBOUR_SPECTRA = _SpectrumCache(2 * REACH + 2)
 
 
 def moved_by(plane: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
@@ -286,7 +322,7 @@ def apply_with_neighbours(network: Network, prepared: PreparedPlane, seed: int,
     stack = np.stack([np.asarray(n, dtype=np.float64) * per_dn for n in neighbours])
     # Aligned by their drift, or as they are: the one of the two of least estimated risk
     # (a sub-pixel drift is better left alone).
-    shifts = drifts(plane, stack) if ALIGN else [(0, 0)] * len(stack)
+    shifts = drifts(plane, neighbours) if ALIGN else [(0, 0)] * len(stack)
     options = [[(0, 0)] * len(stack)] + ([shifts] if any(map(any, shifts)) else [])
     best = None
     for option in options:

@@ -108,18 +108,18 @@ def brute_force_guided_nlm(values, guide, patch_size, distance, h):
     return out
 
 
-#: Non-local means on a CPU: the fused kernels (fm2s.nlm_kernels) and torch's passes, which
-#: are what a GPU runs.
-NLM_PATHS = pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "torch"])
+#: Non-local means and the Wiener filter on a CPU: the fused kernels (fm2s.cpu_kernels) and
+#: torch's operations, which are what a GPU runs.
+FUSED_PATHS = pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "torch"])
 
 
-@NLM_PATHS
+@FUSED_PATHS
 @pytest.mark.parametrize(("shape", "patch_size", "distance"), [((11, 14), 3, 2), ((4, 13), 5, 6)])
 def test_guided_nlm_follows_its_definition_up_to_the_borders(monkeypatch, fused, shape,
                                                               patch_size, distance):
     from fm2s.classical import NLM_H, _guided_nl_means
 
-    monkeypatch.setenv("FM2S_FUSED_NLM", fused)
+    monkeypatch.setenv("FM2S_FUSED_KERNELS", fused)
 
     rng = np.random.default_rng(5)
     guide = rng.normal(0.0, 1.0, shape).cumsum(axis=1)
@@ -131,7 +131,7 @@ def test_guided_nlm_follows_its_definition_up_to_the_borders(monkeypatch, fused,
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@NLM_PATHS
+@FUSED_PATHS
 @pytest.mark.parametrize(("shape", "patch_size", "distance"),
                          [((40, 57), 5, 6), ((33, 30), 11, 12), ((3, 20), 5, 6), ((2, 3), 5, 6)])
 def test_classical_nlm_is_scikit_images_fast_mode(monkeypatch, fused, shape, patch_size,
@@ -140,7 +140,7 @@ def test_classical_nlm_is_scikit_images_fast_mode(monkeypatch, fused, shape, pat
 
     from fm2s.classical import NLM_H, _nl_means
 
-    monkeypatch.setenv("FM2S_FUSED_NLM", fused)
+    monkeypatch.setenv("FM2S_FUSED_KERNELS", fused)
 
     rng = np.random.default_rng(7)
     values = 3.0 * clean_plane(shape, seed=8) + rng.normal(0.0, 1.0, shape)
@@ -151,12 +151,12 @@ def test_classical_nlm_is_scikit_images_fast_mode(monkeypatch, fused, shape, pat
     assert np.abs(got - values).mean() > 0.1  # it smooths
 
 
-@NLM_PATHS
+@FUSED_PATHS
 @pytest.mark.parametrize("patch_size", [5, 11])
 def test_nlm_in_bands_of_rows_equals_nlm_at_once(monkeypatch, fused, patch_size):
     import fm2s.classical as classical
 
-    monkeypatch.setenv("FM2S_FUSED_NLM", fused)
+    monkeypatch.setenv("FM2S_FUSED_KERNELS", fused)
     rng = np.random.default_rng(9)
     values = 3.0 * clean_plane((150, 70), seed=10) + rng.normal(0.0, 1.0, (150, 70))
     guide = values + rng.normal(0.0, 0.5, values.shape)
@@ -182,7 +182,7 @@ def test_fused_nlm_equals_torchs_passes_to_float32_rounding(monkeypatch, patch_s
     distance, cpu = patch_size + 1, torch.device("cpu")
     results = {}
     for fused in ("1", "0"):
-        monkeypatch.setenv("FM2S_FUSED_NLM", fused)
+        monkeypatch.setenv("FM2S_FUSED_KERNELS", fused)
         results[fused] = (classical._nl_means(values, patch_size, distance, cpu),
                           classical._guided_nl_means(values, guide, patch_size, distance, cpu))
     for got, expected in zip(results["1"], results["0"], strict=True):
@@ -217,10 +217,10 @@ def test_fused_nlm_runs_where_numba_cannot_cache_it():
         "import numba.core.caching as caching\n"
         "caching.CacheImpl._locator_classes = []\n"
         "import numpy as np, torch\n"
-        "from fm2s import classical, nlm_kernels\n"
+        "from fm2s import classical, cpu_kernels\n"
         "values = np.arange(400.0).reshape(20, 20) % 7\n"
         "out = classical._nl_means(values, 5, 6, torch.device('cpu'))\n"
-        "print(type(nlm_kernels.nl_means_band._cache).__name__, float(np.abs(out).sum()))\n")
+        "print(type(cpu_kernels.nl_means_band._cache).__name__, float(np.abs(out).sum()))\n")
     import fm2s.classical as classical
 
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -422,6 +422,20 @@ def test_the_wiener_filter_improves_on_its_pilot(gain, read_var):
     # A noise-free pilot: what the filter keeps of the plane is signal.
     oracle = vst_wiener(noisy, truth, gain, read_var)
     assert psnr(truth, oracle) > psnr(truth, pilot) + 1.0
+
+
+@pytest.mark.parametrize("line_corr", [0.0, 0.4])
+def test_the_fused_wiener_shrinkage_equals_torchs_to_float32_rounding(monkeypatch, line_corr):
+    rng = np.random.default_rng(23)
+    truth = 40.0 * clean_plane((90, 133), seed=24) + 5.0
+    noisy = rng.poisson(truth).astype(np.float64)
+    results = {}
+    for fused in ("1", "0"):
+        monkeypatch.setenv("FM2S_FUSED_KERNELS", fused)
+        results[fused] = vst_wiener(noisy, truth, 1.0, 0.0, line_corr)
+    # each patch's energy summed in another order: a few float32 ulp of the weights
+    np.testing.assert_allclose(results["1"], results["0"], rtol=2e-6, atol=1e-5)
+    assert np.abs(results["1"] - noisy).mean() > 1.0  # both filter
 
 
 def test_the_wiener_filter_rejects_bad_shapes():

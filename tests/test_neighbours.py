@@ -164,3 +164,20 @@ def test_drift_finds_whole_pixel_shifts_and_leaves_none_alone():
         assert drift(plane, other) == (0, shift)
         assert np.array_equal(moved_by(big[:, 20 + shift:148 + shift], (0, shift))[:, 10:-10],
                               plane[:, 10:-10])
+
+
+def test_drifts_of_raw_neighbours_do_not_depend_on_their_scale_or_on_what_came_before():
+    from fm2s.neighbours import _NEIGHBOUR_SPECTRA, drifts
+
+    big = 1000.0 * clean_plane((128, 200), seed=13)
+    rng = np.random.default_rng(2)
+    plane = big[:, 20:148] / 1000.0  # a result on the plane's scale; neighbours in DN
+    noisy = [big[:, 20 + s:148 + s] + rng.normal(0, 20.0, plane.shape) for s in (2, -3, 0)]
+    raw = [np.round(np.clip(n, 0, None)).astype(np.uint16) for n in noisy]
+    _NEIGHBOUR_SPECTRA.spectra.clear()
+    first = drifts(plane, raw)
+    assert first == [(0, 2), (0, -3), (0, 0)]
+    assert len(_NEIGHBOUR_SPECTRA.spectra) == 3
+    again = drifts(plane, [r.copy() for r in raw[::-1]])  # other arrays, the same bytes: hits
+    assert again == first[::-1] and len(_NEIGHBOUR_SPECTRA.spectra) == 3
+    assert drifts(plane, [r.astype(np.float64) * 0.01 for r in raw]) == first

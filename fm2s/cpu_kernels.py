@@ -1,4 +1,4 @@
-"""Non-local means on a CPU: each offset of the search window in one fused pass (numba).
+"""Fused CPU kernels (numba): non-local means, and the Wiener filter's shrinkage.
 
 :func:`fm2s.classical.vst_nlm` written as torch operations makes about 15 passes over the
 plane per offset of the search window (squared differences, box sums, the weight, four
@@ -17,6 +17,10 @@ exponential within 2 ulp of torch's. Only the order in which a pixel's pairs are
 differs, so results agree to float32 rounding (a pair whose patch distance lies within
 rounding of the classical cut-off may fall on the other side of it).
 
+:func:`wiener_shrink` is the shrinkage of :func:`fm2s.classical.vst_wiener` (eleven torch
+operations over a band's coefficients) as one pass that reads and writes each coefficient
+once; only the order of the sum of a patch's energy differs from torch's.
+
 The functions compile on first use (a few seconds, then cached beside this module or in
 ``NUMBA_CACHE_DIR``) and release the GIL, so that bands of a plane run in parallel threads.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["guided_nl_means_band", "nl_means_band"]
+__all__ = ["guided_nl_means_band", "nl_means_band", "wiener_shrink"]
 
 #: ``int32(high) + FAST_EXP_BIAS``, shifted left by 3, are a float32's bits: Schraudolph's
 #: exponential (:func:`fm2s.classical._fast_exp_bits`).
@@ -264,3 +268,53 @@ def _exp(values, powers):
     scales = powers.view(np.float32)
     for x in range(len(values)):
         values[x] *= scales[x]
+
+
+@_jit
+def wiener_shrink(coefficients, spectrum, variance, patch_weights):
+    """The empirical Wiener shrinkage of one band of rows of patches, in place.
+
+    `coefficients` and `spectrum` (the plane's and the pilot's DCT coefficients), float32
+    ``(n, s, P s)`` for ``n`` rows of ``P`` patches of side ``s``: element ``[r, u, c s + v]``
+    is coefficient ``(u, v)`` of patch ``c`` of row ``r``; `variance` float32 ``(s, P s)``,
+    the noise's variance of each coefficient (1 for white noise). With ``p`` the pilot's
+    coefficient and ``q = p^2 / (p^2 + variance)``, each patch's weight is
+    ``1 / max(sum(q^2 variance), 1e-8)`` over its ``s^2`` coefficients, written to
+    `patch_weights` ``(n, P)``; each coefficient becomes ``coefficient * (q * weight)``.
+    `spectrum` is overwritten (with ``q``).
+    """
+    n, size, count = coefficients.shape
+    across = count // size
+    energy = np.zeros(count, dtype=np.float32)
+    spread = np.zeros(count, dtype=np.float32)
+    floor = np.float32(1e-8)
+    one = np.float32(1.0)
+    for r in range(n):
+        energy[:] = 0
+        for u in range(size):
+            _shrink_row(spectrum[r, u], variance[u], energy)
+        for c in range(across):
+            total = energy[c * size]
+            for v in range(1, size):
+                total += energy[c * size + v]
+            weight = one / max(total, floor)
+            patch_weights[r, c] = weight
+            for v in range(size):
+                spread[c * size + v] = weight
+        for u in range(size):
+            _scale_row(coefficients[r, u], spectrum[r, u], spread)
+
+
+@numba.njit(inline="always", nogil=True)
+def _shrink_row(pilot, variance, energy):
+    for j in range(len(pilot)):
+        square = pilot[j] * pilot[j]
+        shrink = square / (square + variance[j])
+        pilot[j] = shrink
+        energy[j] += shrink * shrink * variance[j]
+
+
+@numba.njit(inline="always", nogil=True)
+def _scale_row(coefficients, shrink, weight):
+    for j in range(len(coefficients)):
+        coefficients[j] *= shrink[j] * weight[j]
