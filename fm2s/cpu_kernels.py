@@ -70,8 +70,6 @@ def nl_means_band(padded, radius, reach, slope, offset, kept, below, dropped_bit
     columns = np.zeros(cols, dtype=np.float32)
     boxes = np.zeros(cols, dtype=np.float32)
     bits = np.zeros(cols, dtype=np.int32)
-    bias = np.int32(FAST_EXP_BIAS)
-    zero = np.float32(0.0)
     for dy in range(reach + 1):
         if rows - dy < side:
             continue
@@ -89,27 +87,31 @@ def nl_means_band(padded, radius, reach, slope, offset, kept, below, dropped_bit
             for y in range(radius - 1, rows - dy - radius):
                 top = y - radius + 1
                 new = top + side - 1
-                _square_row(padded[new, low:high], padded[new + dy, low + dx:high + dx],
-                            squares[new % side, low:high])
-                box = boxes[first:last]
+                weight_bits = bits[first:last]
                 if side == 4:  # 5 x 5 patches: pairs of pairs, as torch's doubling sums
+                    # the new row's squares and the column sums in one loop, then the box
+                    # sums and the weights in another: fewer, longer loops
+                    _square_row(padded[new, low:high], padded[new + dy, low + dx:high + dx],
+                                squares[new % 4, low:high])
                     _sum4(squares[top % 4, low:high], squares[(top + 1) % 4, low:high],
-                          squares[(top + 2) % 4, low:high], squares[(top + 3) % 4, low:high],
+                          squares[(top + 2) % 4, low:high], squares[new % 4, low:high],
                           columns[low:high])
-                    _sum4(columns[first - 1:last - 1], columns[first:last],
-                          columns[first + 1:last + 1], columns[first + 2:last + 2], box)
+                    c0, c1 = columns[first - 1:last - 1], columns[first:last]
+                    c2, c3 = columns[first + 1:last + 1], columns[first + 2:last + 2]
+                    for x in range(n):
+                        weight_bits[x] = _weight_bits((c0[x] + c1[x]) + (c2[x] + c3[x]), slope,
+                                                      offset, kept, below, dropped_bits)
                 else:
+                    _square_row(padded[new, low:high], padded[new + dy, low + dx:high + dx],
+                                squares[new % side, low:high])
+                    box = boxes[first:last]
                     _column_sums(squares, top, side, low, high, columns[low:high])
                     box[:] = columns[first - radius + 1:last - radius + 1]
                     for k in range(2 - radius, radius + 1):
                         _add(box, columns[first + k:last + k])
-                weight_bits = bits[first:last]
-                for x in range(n):
-                    h = offset + slope * box[x]
-                    h = h if h > kept else below
-                    b = (np.int32(min(h, zero)) + bias) << 3
-                    # the weights are positive floats, ordered as their bits
-                    weight_bits[x] = b if b > dropped_bits else 0
+                    for x in range(n):
+                        weight_bits[x] = _weight_bits(box[x], slope, offset, kept, below,
+                                                      dropped_bits)
                 _accumulate(total, weights, padded, weight_bits.view(np.float32), y, dy, dx,
                             first, last)
     return total / weights
@@ -157,32 +159,74 @@ def guided_nl_means_band(values, guide, half, reach, scale):
             box, weight = boxes[:count], weights_row[:count]
             for y in range(count_rows):
                 new = y + half
-                if new < count_rows:
-                    _square_row(guide[new, low:high], guide[new + dy, low + dx:high + dx],
-                                squares[new % side, low:high])
-                else:
-                    squares[new % side, low:high] = 0.0
                 # rows y - half .. y + half of the squares (zeros beyond the pair's rows)
                 top = max(y - half, 0)
+                factor = scale / np.float32(min(y + half, count_rows - 1) - top + 1)
                 if side == 5:  # 5 x 5 patches: x0 + ((x1 + x2) + (x3 + x4)), as torch's sums
-                    _sum5(squares[(y - 2) % 5, low:high] if y >= 2 else blank[low:high],
-                          squares[(y - 1) % 5, low:high] if y >= 1 else blank[low:high],
-                          squares[y % 5, low:high], squares[(y + 1) % 5, low:high],
-                          squares[(y + 2) % 5, low:high], columns[low + half:high + half])
-                    _sum5(columns[low:high], columns[low + 1:high + 1], columns[low + 2:high + 2],
-                          columns[low + 3:high + 3], columns[low + 4:high + 4], box)
+                    # the new row's squares and the column sums in one loop, then the box
+                    # sums and the weights' exponents in another: fewer, longer loops
+                    if new < count_rows:
+                        _square_and_sum5(
+                            guide[new, low:high], guide[new + dy, low + dx:high + dx],
+                            squares[(y - 2) % 5, low:high] if y >= 2 else blank[low:high],
+                            squares[(y - 1) % 5, low:high] if y >= 1 else blank[low:high],
+                            squares[y % 5, low:high], squares[(y + 1) % 5, low:high],
+                            squares[new % 5, low:high], columns[low + half:high + half])
+                    else:
+                        squares[new % side, low:high] = 0.0
+                        _sum5(squares[(y - 2) % 5, low:high] if y >= 2 else blank[low:high],
+                              squares[(y - 1) % 5, low:high] if y >= 1 else blank[low:high],
+                              squares[y % 5, low:high], squares[(y + 1) % 5, low:high],
+                              squares[new % 5, low:high], columns[low + half:high + half])
+                    c0, c1 = columns[low:high], columns[low + 1:high + 1]
+                    c2, c3 = columns[low + 2:high + 2], columns[low + 3:high + 3]
+                    c4 = columns[low + 4:high + 4]
+                    for j in range(count):
+                        box_j = c0[j] + ((c1[j] + c2[j]) + (c3[j] + c4[j]))
+                        weight[j] = box_j * factor * factors[j]
                 else:
+                    if new < count_rows:
+                        _square_row(guide[new, low:high], guide[new + dy, low + dx:high + dx],
+                                    squares[new % side, low:high])
+                    else:
+                        squares[new % side, low:high] = 0.0
                     _column_sums(squares, top, y + half + 1 - top, low, high,
                                  columns[low + half:high + half])
                     box[:] = columns[low:high]
                     for k in range(1, side):
                         _add(box, columns[low + k:high + k])
-                factor = scale / np.float32(min(y + half, count_rows - 1) - top + 1)
-                for j in range(count):
-                    weight[j] = box[j] * factor * factors[j]
+                    for j in range(count):
+                        weight[j] = box[j] * factor * factors[j]
                 _exp(weight, powers[:count])
                 _accumulate(total, weights, values, weight, y, dy, dx, low, high)
     return total / weights
+
+
+@numba.njit(inline="always", nogil=True)
+def _weight_bits(box, slope, offset, kept, below, dropped_bits):
+    """The classical weight's bits for the box sum `box` (:func:`nl_means_band`)."""
+    h = offset + slope * box
+    h = h if h > kept else below
+    b = (np.int32(min(h, np.float32(0.0))) + np.int32(FAST_EXP_BIAS)) << 3
+    # the weights are positive floats, ordered as their bits
+    return b if b > dropped_bits else np.int32(0)
+
+
+@numba.njit(inline="always", nogil=True)
+def _sum4(a, b, c, d, out):
+    """``out = (a + b) + (c + d)``, elementwise."""
+    for x in range(len(out)):
+        out[x] = (a[x] + b[x]) + (c[x] + d[x])
+
+
+@numba.njit(inline="always", nogil=True)
+def _square_and_sum5(a, b, s0, s1, s2, s3, s4, out):
+    """``s4 = (a - b)^2`` and ``out = s0 + ((s1 + s2) + (s3 + s4))``, elementwise."""
+    for x in range(len(out)):
+        d = a[x] - b[x]
+        square = d * d
+        s4[x] = square
+        out[x] = s0[x] + ((s1[x] + s2[x]) + (s3[x] + square))
 
 
 @numba.njit(inline="always", nogil=True)
@@ -201,13 +245,6 @@ def _column_sums(squares, top, count, low, high, out):
     out[:] = squares[top % side, low:high]
     for k in range(1, count):
         _add(out, squares[(top + k) % side, low:high])
-
-
-@numba.njit(inline="always", nogil=True)
-def _sum4(a, b, c, d, out):
-    """``out = (a + b) + (c + d)``, elementwise."""
-    for x in range(len(out)):
-        out[x] = (a[x] + b[x]) + (c[x] + d[x])
 
 
 @numba.njit(inline="always", nogil=True)
@@ -232,13 +269,12 @@ def _accumulate(total, weights, values, weight, y, dy, dx, first, last):
     here_t, here_w, here_v = total[y, first:last], weights[y, first:last], values[y, first:last]
     there = slice(first + dx, last + dx)
     there_t, there_w, there_v = total[y + dy, there], weights[y + dy, there], values[y + dy, there]
+    # each array's elements take their terms in the same order as two whole-plane passes
     for x in range(len(weight)):
         here_t[x] += weight[x] * there_v[x]
-    for x in range(len(weight)):
-        there_t[x] += weight[x] * here_v[x]
-    for x in range(len(weight)):
         here_w[x] += weight[x]
     for x in range(len(weight)):
+        there_t[x] += weight[x] * here_v[x]
         there_w[x] += weight[x]
 
 
