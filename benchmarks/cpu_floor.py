@@ -17,7 +17,9 @@ a CPU without native bfloat16 (AVX2 only) on a CPU with it (trees from before 0.
 variable, so for them the child passes ``precision=float32`` to the training settings instead:
 the same arithmetic). ``avx2`` goes further: float32, and torch, oneDNN and MKL restricted to
 their AVX2 kernels (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``),
-and numba's compiled for an AVX2 CPU (``NUMBA_CPU_NAME=haswell``), as on an AVX2-only CPU.
+and numba's compiled for an AVX2 CPU (``NUMBA_CPU_NAME=haswell`` with ``NUMBA_CPU_FEATURES``
+empty: before 0.13.0 the latter was unset, and numba added the host's AVX-512 features), as on
+an AVX2-only CPU.
 
 ``train``: one network trained on a synthetic 512 x 512 plane (:func:`fm2s.train.fit`, the
 ``fast`` recipe: 1,500 steps of 7 crops of 48 x 48), CPU-s per plane. ``parts``: the parts of
@@ -215,7 +217,9 @@ def child(tree: str, code: str, args: dict, precision: str) -> dict:
         # float32 training (oneDNN then reports no native bfloat16, so `auto` picks float32)
         env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2",
                    MKL_ENABLE_INSTRUCTIONS="AVX2", FM2S_AUTO_PRECISION="float32",
-                   NUMBA_CPU_NAME="haswell")  # numba's kernels (fm2s.cpu_kernels) too
+                   # numba's kernels (fm2s.cpu_kernels) too: an empty feature list means the
+                   # CPU name's own (without it numba adds the host's, AVX-512 included)
+                   NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES="")
     elif precision:
         env["FM2S_AUTO_PRECISION"] = precision
     # -P and a neutral folder: the child imports fm2s from PYTHONPATH, never from the cwd

@@ -16,7 +16,7 @@ import types
 # Raised whenever the same input, settings and seed give a different output (a new estimator,
 # noise draw or training step), so that the workflow, which passes the version to its rules as
 # a parameter, denoises again what an earlier version made.
-__version__ = "0.12.0"
+__version__ = "0.13.0"
 
 # Public name -> submodule that defines it.
 _LAZY = {

@@ -36,6 +36,19 @@ def test_median_target_is_a_reflected_median():
     assert median_target(plane, 3).max() == 0.0  # a lone hot pixel disappears
 
 
+@pytest.mark.parametrize("shape", [(64, 81), (1, 7), (2, 2), (5, 1)])
+def test_the_3x3_median_is_scipys_bitwise(shape):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    for plane in (rng.random(shape, dtype=np.float32),
+                  rng.integers(0, 3, shape).astype(np.float32),  # ties everywhere
+                  (rng.poisson(2.0, shape) / 7).astype(np.float32)):
+        expected = ndimage.median_filter(plane, size=3, mode="reflect")
+        got = median_target(plane, 3)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
 def test_synthesis_statistics_follow_the_formulas():
     """Per tile: mean c and variance c M / k_p + (k_g M / 255)^2 + c / lam_p (no clamping)."""
     c_low, c_high, size = 0.25, 0.6, 64
