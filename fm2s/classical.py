@@ -11,9 +11,10 @@ texture that the network smooths, and average the broad correlated noise of wide
 cameras over larger patches than the network sees.
 
 The empirical Wiener filter of :func:`vst_wiener` refines that blend on white-noise planes
-(the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: about 0.06 s
-per 512 x 512 plane on one core, its DCTs as matrix products (floor 0.013 s fused, 0.027 s
-as torch's passes).
+(the ``sure-nlm-wiener`` blend), as the second step of BM3D refines its first: on a CPU as
+one fused kernel (:func:`fm2s.cpu_kernels.wiener_sums`: about 0.025 s per 512 x 512 plane on
+one core, the kernel 0.018 of it; floor 0.011 s), elsewhere in torch, its DCTs as matrix
+products (0.03-0.04 s on that core).
 """
 
 from __future__ import annotations
@@ -203,13 +204,13 @@ def vst_wiener(plane: np.ndarray, pilot: np.ndarray, gain: float, read_var: floa
     matching. The pilot's errors then cost less than they would as the output: the filter
     keeps what the pilot says is signal from the plane itself.
 
-    The transforms are separable and run as matrix products (:func:`_wiener_sums`): 16
-    multiply-adds per coefficient each way instead of the 64 of a 2-D one, 0.93 GFLOP for a
-    512 x 512 plane (analyses of the plane and the pilot, one synthesis): 0.01 s at one
-    AVX-512 core's float32 GEMM peak (about 100 GFLOP/s), 0.025 s as run (their inner
-    dimension of 8 keeps them near 40 GFLOP/s). The shrinkage makes 8 passes over the
-    17 M coefficients, in cache, 0.015-0.02 s: about 0.06 s in all, against 0.18-0.3 s for
-    the 64-channel convolutions that it replaces (the same sums, to float rounding).
+    The transforms are separable (:func:`_wiener_sums`): 16 multiply-adds per coefficient
+    each way instead of the 64 of a 2-D one, 0.93 GFLOP for a 512 x 512 plane (analyses of
+    the plane and the pilot, one synthesis): 0.01 s at one AVX-512 core's float32 GEMM peak
+    (about 100 GFLOP/s). On a CPU one fused kernel computes them with the shrinkage, a row
+    of patches at a time (:func:`fm2s.cpu_kernels.wiener_sums`, 0.018 s); elsewhere they run
+    as matrix products (near 40 GFLOP/s: their inner dimension is 8) and the shrinkage as
+    torch operations in place, over bands of patches that stay in cache.
 
     Parameters
     ----------
@@ -304,6 +305,11 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
     corners = height + size - 1  # patch positions along each column of the padded plane
     across = width + size - 1  # along each row
     count = across * size  # coefficients (c, v) of a row of patches, per u
+    if fused_kernels(device) and size == 8:
+        total, patch_weights = _wiener_sums_fused(values.numpy(), guide.numpy(), noise_var,
+                                                  cosines, window)
+        return torch.from_numpy(total), _window_sums_2d(torch.from_numpy(patch_weights), window,
+                                                        height, width)
     f32 = dict(dtype=torch.float32, device=device)
     band = WIENER_CPU_BAND if device.type == "cpu" else min(
         WIENER_GPU_BAND, max(1, WIENER_BATCH_COEFFICIENTS // (size * count)))
@@ -321,11 +327,6 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
     coefficients_b, spectrum_b, spare_b = (torch.empty((band, size, count), **f32)
                                            for _ in range(3))
     ones = torch.ones((band, 1, size), **f32)
-    fused = fused_kernels(device)
-    if fused:
-        from . import cpu_kernels as kernels  # numba: imported where it is used (0.2 s)
-        fused_variance = np.ascontiguousarray(np.repeat(
-            noise_var.astype(np.float32)[:, None, :], across, axis=1).reshape(size, count))
     # rows start .. start + len of the padded plane, zero beyond the rows that bands reached
     sums = torch.zeros((reach + WIENER_SLACK_ROWS, count), **f32)
     start = 0
@@ -339,12 +340,8 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
             rows = h.as_strided((n, size, h.shape[1]), (h.stride(0), h.stride(0), 1))
             torch.bmm(cos.expand(n, size, size), rows[:, :, :count], out=out)
         # shrink = p^2 / (p^2 + s^2), weight = 1 / sum(shrink^2 s^2)
-        if fused:
-            kernels.wiener_shrink(coefficients.numpy(), spectrum.numpy(), fused_variance,
-                                  patch_weights[top:top + n].numpy())
-        else:
-            _wiener_shrink(coefficients, spectrum, spare, variance, ones, white,
-                           patch_weights[top:top + n])
+        _wiener_shrink(coefficients, spectrum, spare, variance, ones, white,
+                       patch_weights[top:top + n])
         if top + reach - start > len(sums):  # slide: the rows still open to the front
             sums[:size - 1] = sums[top - start:top - start + size - 1].clone()
             sums[size - 1:].zero_()
@@ -360,10 +357,50 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
     return total, _window_sums_2d(patch_weights, window, height, width)
 
 
+def _wiener_sums_fused(values: np.ndarray, guide: np.ndarray, noise_var: np.ndarray,
+                       cosines: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_wiener_sums` on a CPU for patches of side 8: :func:`fm2s.cpu_kernels.wiener_sums`
+    on bands of rows, at least one per thread of torch's, in parallel (the kernel releases the
+    GIL). A band's output rows need the patches that reach them, which it computes again (7
+    rows of patches); each output row's sums are then the same whatever the bands, so the
+    result does not depend on the number of threads. Returns (total, patch weights) as
+    numpy arrays."""
+    from . import cpu_kernels  # numba: imported where it is used (0.2 s)
+
+    size = 8
+    height, width = values.shape[0] - 2 * (size - 1), values.shape[1] - 2 * (size - 1)
+    total = np.empty((height, width), dtype=np.float32)
+    patch_weights = np.empty((height + size - 1, width + size - 1), dtype=np.float32)
+    single = [np.ascontiguousarray(a, dtype=np.float32)
+              for a in (cosines, cosines * window, noise_var)]
+    threads = max(1, torch.get_num_threads())
+
+    def run(band):
+        top, bottom = band[:2]
+        rows = slice(top, bottom + 2 * (size - 1))  # padded rows of the band's patches
+        weights = np.empty((bottom - top + size - 1, width + size - 1), dtype=np.float32)
+        cpu_kernels.wiener_sums(values[rows], guide[rows], *single, total[top:bottom], weights)
+        own = bottom - top + (size - 1 if bottom == height else 0)  # rows no other band writes
+        patch_weights[top:top + own] = weights[:own]
+
+    bands = _bands(height, width, 0, threads)
+    if threads == 1 or len(bands) == 1:
+        for band in bands:
+            run(band)
+    else:
+        with ThreadPoolExecutor(min(threads, len(bands)), thread_name_prefix="fm2s-wiener") as pool:
+            list(pool.map(run, bands))
+    return total, patch_weights
+
+
 def _wiener_shrink(coefficients, spectrum, spare, variance, ones, white, patch_weights):
-    """:func:`fm2s.cpu_kernels.wiener_shrink` as torch operations (a GPU's), with out= and in
-    place so that a band's three arrays stay in cache; `variance` is that of the kernel
-    repeated over the band's rows, or None where `white` (the products by 1 left out)."""
+    """The shrinkage of :func:`_wiener_sums` on one band of rows of patches, as torch
+    operations (a GPU's), with out= and in place so that the band's three arrays stay in
+    cache: ``q = p^2 / (p^2 + s^2)`` of the pilot's coefficients ``p`` (`spectrum`, then
+    overwritten with ``q``), each patch's weight ``1 / max(sum(q^2 s^2), 1e-8)`` into
+    `patch_weights`, and the coefficients times ``q`` times their patch's weight. `variance`
+    is ``s^2`` repeated over the band's rows, or None where `white` (the products by 1 left
+    out)."""
     n, size, count = coefficients.shape
     if white:
         torch.addcmul(ones[0, 0, 0], spectrum, spectrum, out=spare)
@@ -569,8 +606,8 @@ def _bands(height: int, width: int, margin: int, threads: int = 1
 
 
 def fused_kernels(device: torch.device) -> bool:
-    """Whether non-local means and the Wiener filter's shrinkage on `device` run the fused
-    kernels of :mod:`fm2s.cpu_kernels`: on a CPU, unless ``FM2S_FUSED_KERNELS=0`` in the
+    """Whether non-local means and the Wiener filter on `device` run the fused kernels of
+    :mod:`fm2s.cpu_kernels`: on a CPU, unless ``FM2S_FUSED_KERNELS=0`` in the
     environment (torch's operations, which a GPU runs: for comparisons)."""
     return device.type == "cpu" and os.environ.get("FM2S_FUSED_KERNELS", "1") != "0"
 

@@ -1,4 +1,4 @@
-"""Fused CPU kernels (numba): non-local means, and the Wiener filter's shrinkage.
+"""Fused CPU kernels (numba): non-local means and the empirical Wiener filter.
 
 :func:`fm2s.classical.vst_nlm` written as torch operations makes about 15 passes over the
 plane per offset of the search window (squared differences, box sums, the weight, four
@@ -17,9 +17,13 @@ exponential within 2 ulp of torch's. Only the order in which a pixel's pairs are
 differs, so results agree to float32 rounding (a pair whose patch distance lies within
 rounding of the classical cut-off may fall on the other side of it).
 
-:func:`wiener_shrink` is the shrinkage of :func:`fm2s.classical.vst_wiener` (eleven torch
-operations over a band's coefficients) as one pass that reads and writes each coefficient
-once; only the order of the sum of a patch's energy differs from torch's.
+:func:`wiener_sums` is :func:`fm2s.classical.vst_wiener`'s filter (its DCTs written as
+matrix products for torch, and a dozen passes of shrinkage per band of patches) as one pass
+down the plane: each row's transform once, every patch's coefficients, their shrinkage and
+their putting back along the rows of patches, in loops over a row that the compiler turns into
+vector code, with a working set of a few hundred kilobytes. A 512 x 512 plane takes about
+0.018 s on one core against 0.031 s for torch's operations; the sums are the same in another
+order (results agree to float32 rounding).
 
 The functions compile on first use (a few seconds, then cached beside this module or in
 ``NUMBA_CACHE_DIR``) and release the GIL, so that bands of a plane run in parallel threads.
@@ -30,7 +34,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["guided_nl_means_band", "nl_means_band", "wiener_shrink"]
+__all__ = ["guided_nl_means_band", "nl_means_band", "wiener_sums"]
 
 #: ``int32(high) + FAST_EXP_BIAS``, shifted left by 3, are a float32's bits: Schraudolph's
 #: exponential (:func:`fm2s.classical._fast_exp_bits`).
@@ -306,51 +310,115 @@ def _exp(values, powers):
         values[x] *= scales[x]
 
 
-@_jit
-def wiener_shrink(coefficients, spectrum, variance, patch_weights):
-    """The empirical Wiener shrinkage of one band of rows of patches, in place.
-
-    `coefficients` and `spectrum` (the plane's and the pilot's DCT coefficients), float32
-    ``(n, s, P s)`` for ``n`` rows of ``P`` patches of side ``s``: element ``[r, u, c s + v]``
-    is coefficient ``(u, v)`` of patch ``c`` of row ``r``; `variance` float32 ``(s, P s)``,
-    the noise's variance of each coefficient (1 for white noise). With ``p`` the pilot's
-    coefficient and ``q = p^2 / (p^2 + variance)``, each patch's weight is
-    ``1 / max(sum(q^2 variance), 1e-8)`` over its ``s^2`` coefficients, written to
-    `patch_weights` ``(n, P)``; each coefficient becomes ``coefficient * (q * weight)``.
-    `spectrum` is overwritten (with ``q``).
-    """
-    n, size, count = coefficients.shape
-    across = count // size
-    energy = np.zeros(count, dtype=np.float32)
-    spread = np.zeros(count, dtype=np.float32)
-    floor = np.float32(1e-8)
-    one = np.float32(1.0)
-    for r in range(n):
-        energy[:] = 0
-        for u in range(size):
-            _shrink_row(spectrum[r, u], variance[u], energy)
-        for c in range(across):
-            total = energy[c * size]
-            for v in range(1, size):
-                total += energy[c * size + v]
-            weight = one / max(total, floor)
-            patch_weights[r, c] = weight
-            for v in range(size):
-                spread[c * size + v] = weight
-        for u in range(size):
-            _scale_row(coefficients[r, u], spectrum[r, u], spread)
-
-
-@numba.njit(inline="always", nogil=True)
-def _shrink_row(pilot, variance, energy):
-    for j in range(len(pilot)):
-        square = pilot[j] * pilot[j]
-        shrink = square / (square + variance[j])
-        pilot[j] = shrink
-        energy[j] += shrink * shrink * variance[j]
-
-
 @numba.njit(inline="always", nogil=True)
 def _scale_row(coefficients, shrink, weight):
     for j in range(len(coefficients)):
         coefficients[j] *= shrink[j] * weight[j]
+
+
+@_jit
+def wiener_sums(plane, pilot, cosines, taper, variance, total, patch_weights):
+    """The sums of :func:`fm2s.classical.vst_wiener` for patches of side 8, in one pass over
+    the rows: the windowed, shrunk patches put back (`total`, (H, W)) and each patch's weight
+    (`patch_weights`, (H + 7, W + 7)), both float32 and written here.
+
+    `plane` and `pilot` are the padded, stabilised planes, float32 (H + 14, W + 14);
+    `cosines` (u, i) the DCT's, `taper` (u, i) the same times the window over ``i``, and
+    `variance` (u, v) the noise's variance of each coefficient, all float32 (8, 8).
+
+    The patches of one row ``r`` (top left corners ``(r, c)``) at a time, every sum along the
+    row's ``c`` (vector code): the rows' transforms ``h[y][v, c] = sum_j cos[v, j] x[y, c + j]``
+    (each row once, in a ring of 8), the coefficients ``C[u, v, c] = sum_i cos[u, i]
+    h[r + i][v, c]`` of the plane and the pilot with the shrinkage and the patches' energy,
+    the shrunk coefficients put back along columns into a ring of 8 rows of sums, and the
+    row that no later patch reaches put back along itself. The same sums as the torch
+    version (a GPU's) in another order: the results agree to float32 rounding.
+    """
+    size = 8
+    rows, cols = plane.shape
+    height, width = total.shape
+    corners, across = rows - size + 1, cols - size + 1
+    hx = np.zeros((size, size, across), dtype=np.float32)  # ring: row y at y % 8, [v, c]
+    hp = np.zeros((size, size, across), dtype=np.float32)
+    coefficients = np.empty((size, size, across), dtype=np.float32)
+    shrink = np.empty((size, size, across), dtype=np.float32)
+    weight = np.empty(across, dtype=np.float32)
+    sums = np.zeros((size, size, across), dtype=np.float32)  # ring: padded row y at y % 8
+    row = np.empty(cols, dtype=np.float32)
+    back = np.ascontiguousarray(taper.T)  # (i, u)
+    floor, one = np.float32(1e-8), np.float32(1.0)
+    for y in range(size - 1):
+        _row_transform(plane[y], cosines, hx[y % size])
+        _row_transform(pilot[y], cosines, hp[y % size])
+    for r in range(corners):
+        new = r + size - 1
+        _row_transform(plane[new], cosines, hx[new % size])
+        _row_transform(pilot[new], cosines, hp[new % size])
+        weight[:] = 0.0  # the patches' energy, then their weights
+        for u in range(size):
+            for v in range(size):
+                _coefficients(cosines[u], hx, hp, r, v, variance[u, v], coefficients[u, v],
+                              shrink[u, v], weight)
+        for c in range(across):
+            weight[c] = one / max(weight[c], floor)
+            patch_weights[r, c] = weight[c]
+        for u in range(size):
+            for v in range(size):
+                _scale_row(coefficients[u, v], shrink[u, v], weight)
+        for i in range(size):
+            slot = (r + i) % size
+            for v in range(size):
+                a = coefficients[:, v]
+                _add_weighted8(sums[slot, v], back[i], a[0], a[1], a[2], a[3], a[4], a[5],
+                               a[6], a[7])
+        # padded row r has all its patches: put it back along the row
+        slot = r % size
+        if size - 1 <= r < size - 1 + height:
+            row[:] = 0.0
+            s = sums[slot]
+            for j in range(size):
+                _add_weighted8(row[j:j + across], taper[:, j], s[0], s[1], s[2], s[3], s[4],
+                               s[5], s[6], s[7])
+            total[r - size + 1] = row[size - 1:size - 1 + width]
+        sums[slot] = 0.0
+
+
+@numba.njit(inline="always", nogil=True)
+def _row_transform(x, cosines, out):
+    """``out[v, c] = sum_j cosines[v, j] x[c + j]`` (8 taps)."""
+    across = out.shape[1]
+    for v in range(8):
+        out[v] = 0.0
+        _add_weighted8(out[v], cosines[v], x[0:across], x[1:across + 1], x[2:across + 2],
+                       x[3:across + 3], x[4:across + 4], x[5:across + 5], x[6:across + 6],
+                       x[7:across + 7])
+
+
+@numba.njit(inline="always", nogil=True)
+def _add_weighted8(out, w, a0, a1, a2, a3, a4, a5, a6, a7):
+    """``out += sum_k w[k] a_k``, elementwise (the terms in order)."""
+    w0, w1, w2, w3, w4, w5, w6, w7 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
+    for j in range(len(out)):
+        out[j] += (w0 * a0[j] + w1 * a1[j] + w2 * a2[j] + w3 * a3[j] + w4 * a4[j]
+                   + w5 * a5[j] + w6 * a6[j] + w7 * a7[j])
+
+
+@numba.njit(inline="always", nogil=True)
+def _coefficients(cos_u, hx, hp, r, v, variance, out, shrink, energy):
+    """Coefficient ``(u, v)`` of the patches of row `r` (plane: `out`; pilot: its shrink
+    ``q = p^2 / (p^2 + variance)`` in `shrink`), and ``q^2 variance`` added to `energy`."""
+    w0, w1, w2, w3 = cos_u[0], cos_u[1], cos_u[2], cos_u[3]
+    w4, w5, w6, w7 = cos_u[4], cos_u[5], cos_u[6], cos_u[7]
+    x0, x1, x2, x3 = hx[r % 8, v], hx[(r + 1) % 8, v], hx[(r + 2) % 8, v], hx[(r + 3) % 8, v]
+    x4, x5, x6, x7 = hx[(r + 4) % 8, v], hx[(r + 5) % 8, v], hx[(r + 6) % 8, v], hx[(r + 7) % 8, v]
+    p0, p1, p2, p3 = hp[r % 8, v], hp[(r + 1) % 8, v], hp[(r + 2) % 8, v], hp[(r + 3) % 8, v]
+    p4, p5, p6, p7 = hp[(r + 4) % 8, v], hp[(r + 5) % 8, v], hp[(r + 6) % 8, v], hp[(r + 7) % 8, v]
+    for c in range(len(out)):
+        out[c] = (w0 * x0[c] + w1 * x1[c] + w2 * x2[c] + w3 * x3[c] + w4 * x4[c]
+                  + w5 * x5[c] + w6 * x6[c] + w7 * x7[c])
+        p = (w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
+             + w5 * p5[c] + w6 * p6[c] + w7 * p7[c])
+        square = p * p
+        q = square / (square + variance)
+        shrink[c] = q
+        energy[c] += q * q * variance

@@ -210,6 +210,20 @@ def test_fused_nlm_does_not_depend_on_the_number_of_threads(monkeypatch):
         np.testing.assert_array_equal(got, expected)
 
 
+def test_the_fused_wiener_filter_does_not_depend_on_the_number_of_threads():
+    rng = np.random.default_rng(25)
+    truth = 40.0 * clean_plane((300, 70), seed=26) + 5.0
+    noisy = rng.poisson(truth).astype(np.float64)
+    threads, results = torch.get_num_threads(), []
+    try:
+        for count in (1, 3):  # one band; three bands computed in parallel threads
+            torch.set_num_threads(count)
+            results.append(vst_wiener(noisy, truth, 1.0, 0.0))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_fused_nlm_runs_where_numba_cannot_cache_it():
     # A read-only install with no writable cache folder: numba finds no place for its cache
     # (no "locator"), and the kernels compile in the process instead.
@@ -425,7 +439,7 @@ def test_the_wiener_filter_improves_on_its_pilot(gain, read_var):
 
 
 @pytest.mark.parametrize("line_corr", [0.0, 0.4])
-def test_the_fused_wiener_shrinkage_equals_torchs_to_float32_rounding(monkeypatch, line_corr):
+def test_the_fused_wiener_filter_equals_torchs_to_float32_rounding(monkeypatch, line_corr):
     rng = np.random.default_rng(23)
     truth = 40.0 * clean_plane((90, 133), seed=24) + 5.0
     noisy = rng.poisson(truth).astype(np.float64)
@@ -433,8 +447,8 @@ def test_the_fused_wiener_shrinkage_equals_torchs_to_float32_rounding(monkeypatc
     for fused in ("1", "0"):
         monkeypatch.setenv("FM2S_FUSED_KERNELS", fused)
         results[fused] = vst_wiener(noisy, truth, 1.0, 0.0, line_corr)
-    # each patch's energy summed in another order: a few float32 ulp of the weights
-    np.testing.assert_allclose(results["1"], results["0"], rtol=2e-6, atol=1e-5)
+    # the same float32 sums in another order
+    np.testing.assert_allclose(results["1"], results["0"], rtol=1e-5, atol=1e-4)
     assert np.abs(results["1"] - noisy).mean() > 1.0  # both filter
 
 
