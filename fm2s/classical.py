@@ -339,9 +339,21 @@ def _wiener_sums(values: torch.Tensor, guide: torch.Tensor, noise_var: np.ndarra
         for h, out in ((rows_h.advance(top, n), coefficients), (guide_h.advance(top, n), spectrum)):
             rows = h.as_strided((n, size, h.shape[1]), (h.stride(0), h.stride(0), 1))
             torch.bmm(cos.expand(n, size, size), rows[:, :, :count], out=out)
-        # shrink = p^2 / (p^2 + s^2), weight = 1 / sum(shrink^2 s^2)
-        _wiener_shrink(coefficients, spectrum, spare, variance, ones, white,
-                       patch_weights[top:top + n])
+        # shrink = p^2 / (p^2 + s^2), weight = 1 / sum(shrink^2 s^2): with out= and in place,
+        # so that the band's three arrays stay in cache
+        if white:
+            torch.addcmul(ones[0, 0, 0], spectrum, spectrum, out=spare)
+        else:
+            torch.addcmul(variance[:n], spectrum, spectrum, out=spare)
+        shrink = torch.div(spectrum.square_(), spare, out=spectrum)
+        energy = torch.square(shrink, out=spare)
+        if not white:
+            energy.mul_(variance[:n])
+        weight = torch.bmm(ones[:n], energy).view(n, across, size).sum(-1)
+        weight = weight.clamp_min_(1e-8).reciprocal_()
+        patch_weights[top:top + n] = weight
+        shrink.mul_(weight.repeat_interleave(size, dim=1)[:, None])
+        coefficients.mul_(shrink)
         if top + reach - start > len(sums):  # slide: the rows still open to the front
             sums[:size - 1] = sums[top - start:top - start + size - 1].clone()
             sums[size - 1:].zero_()
@@ -391,30 +403,6 @@ def _wiener_sums_fused(values: np.ndarray, guide: np.ndarray, noise_var: np.ndar
         with ThreadPoolExecutor(min(threads, len(bands)), thread_name_prefix="fm2s-wiener") as pool:
             list(pool.map(run, bands))
     return total, patch_weights
-
-
-def _wiener_shrink(coefficients, spectrum, spare, variance, ones, white, patch_weights):
-    """The shrinkage of :func:`_wiener_sums` on one band of rows of patches, as torch
-    operations (a GPU's), with out= and in place so that the band's three arrays stay in
-    cache: ``q = p^2 / (p^2 + s^2)`` of the pilot's coefficients ``p`` (`spectrum`, then
-    overwritten with ``q``), each patch's weight ``1 / max(sum(q^2 s^2), 1e-8)`` into
-    `patch_weights`, and the coefficients times ``q`` times their patch's weight. `variance`
-    is ``s^2`` repeated over the band's rows, or None where `white` (the products by 1 left
-    out)."""
-    n, size, count = coefficients.shape
-    if white:
-        torch.addcmul(ones[0, 0, 0], spectrum, spectrum, out=spare)
-    else:
-        torch.addcmul(variance[:n], spectrum, spectrum, out=spare)
-    shrink = torch.div(spectrum.square_(), spare, out=spectrum)
-    energy = torch.square(shrink, out=spare)
-    if not white:
-        energy.mul_(variance[:n])
-    weight = torch.bmm(ones[:n], energy).view(n, count // size, size).sum(-1)
-    weight = weight.clamp_min_(1e-8).reciprocal_()
-    patch_weights.copy_(weight)
-    shrink.mul_(weight.repeat_interleave(size, dim=1)[:, None])
-    coefficients.mul_(shrink)
 
 
 class _RowTransform:
