@@ -93,8 +93,7 @@ def nl_means_band(padded, radius, reach, slope, offset, kept, below, dropped_bit
                 new = top + side - 1
                 weight_bits = bits[first:last]
                 if side == 4:  # 5 x 5 patches: pairs of pairs, as torch's doubling sums
-                    # the new row's squares and the column sums in one loop, then the box
-                    # sums and the weights in another: fewer, longer loops
+                    # the box sums and the weights in one loop (fewer, longer loops)
                     _square_row(padded[new, low:high], padded[new + dy, low + dx:high + dx],
                                 squares[new % 4, low:high])
                     _sum4(squares[top % 4, low:high], squares[(top + 1) % 4, low:high],
@@ -166,22 +165,17 @@ def guided_nl_means_band(values, guide, half, reach, scale):
                 # rows y - half .. y + half of the squares (zeros beyond the pair's rows)
                 top = max(y - half, 0)
                 factor = scale / np.float32(min(y + half, count_rows - 1) - top + 1)
+                if new < count_rows:
+                    _square_row(guide[new, low:high], guide[new + dy, low + dx:high + dx],
+                                squares[new % side, low:high])
+                else:
+                    squares[new % side, low:high] = 0.0
                 if side == 5:  # 5 x 5 patches: x0 + ((x1 + x2) + (x3 + x4)), as torch's sums
-                    # the new row's squares and the column sums in one loop, then the box
-                    # sums and the weights' exponents in another: fewer, longer loops
-                    if new < count_rows:
-                        _square_and_sum5(
-                            guide[new, low:high], guide[new + dy, low + dx:high + dx],
-                            squares[(y - 2) % 5, low:high] if y >= 2 else blank[low:high],
-                            squares[(y - 1) % 5, low:high] if y >= 1 else blank[low:high],
-                            squares[y % 5, low:high], squares[(y + 1) % 5, low:high],
-                            squares[new % 5, low:high], columns[low + half:high + half])
-                    else:
-                        squares[new % side, low:high] = 0.0
-                        _sum5(squares[(y - 2) % 5, low:high] if y >= 2 else blank[low:high],
-                              squares[(y - 1) % 5, low:high] if y >= 1 else blank[low:high],
-                              squares[y % 5, low:high], squares[(y + 1) % 5, low:high],
-                              squares[new % 5, low:high], columns[low + half:high + half])
+                    _sum5(squares[(y - 2) % 5, low:high] if y >= 2 else blank[low:high],
+                          squares[(y - 1) % 5, low:high] if y >= 1 else blank[low:high],
+                          squares[y % 5, low:high], squares[(y + 1) % 5, low:high],
+                          squares[new % 5, low:high], columns[low + half:high + half])
+                    # the box sums and the weights' exponents in one loop
                     c0, c1 = columns[low:high], columns[low + 1:high + 1]
                     c2, c3 = columns[low + 2:high + 2], columns[low + 3:high + 3]
                     c4 = columns[low + 4:high + 4]
@@ -189,11 +183,6 @@ def guided_nl_means_band(values, guide, half, reach, scale):
                         box_j = c0[j] + ((c1[j] + c2[j]) + (c3[j] + c4[j]))
                         weight[j] = box_j * factor * factors[j]
                 else:
-                    if new < count_rows:
-                        _square_row(guide[new, low:high], guide[new + dy, low + dx:high + dx],
-                                    squares[new % side, low:high])
-                    else:
-                        squares[new % side, low:high] = 0.0
                     _column_sums(squares, top, y + half + 1 - top, low, high,
                                  columns[low + half:high + half])
                     box[:] = columns[low:high]
@@ -221,16 +210,6 @@ def _sum4(a, b, c, d, out):
     """``out = (a + b) + (c + d)``, elementwise."""
     for x in range(len(out)):
         out[x] = (a[x] + b[x]) + (c[x] + d[x])
-
-
-@numba.njit(inline="always", nogil=True)
-def _square_and_sum5(a, b, s0, s1, s2, s3, s4, out):
-    """``s4 = (a - b)^2`` and ``out = s0 + ((s1 + s2) + (s3 + s4))``, elementwise."""
-    for x in range(len(out)):
-        d = a[x] - b[x]
-        square = d * d
-        s4[x] = square
-        out[x] = s0[x] + ((s1[x] + s2[x]) + (s3[x] + square))
 
 
 @numba.njit(inline="always", nogil=True)

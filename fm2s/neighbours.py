@@ -164,7 +164,7 @@ def drifts(plane: np.ndarray, others: Sequence[np.ndarray],
     planes' scales, so `others` may be raw planes in their own units; their detail's spectra
     are kept for the next few calls (:class:`_SpectrumCache`: a neighbour serves up to
     ``2 REACH`` planes), the plane's is computed once."""
-    spectrum = _detail_spectrum(np.asarray(plane, dtype=np.float64))
+    spectrum = _detail_spectrum(plane)
     reach = min(reach, plane.shape[0] // 4, plane.shape[1] // 4)
     shifts = []
     for other in others:
