@@ -396,12 +396,7 @@ def _wiener_sums_fused(values: np.ndarray, guide: np.ndarray, noise_var: np.ndar
         patch_weights[top:top + own] = weights[:own]
 
     bands = _bands(height, width, 0, threads)
-    if threads == 1 or len(bands) == 1:
-        for band in bands:
-            run(band)
-    else:
-        with ThreadPoolExecutor(min(threads, len(bands)), thread_name_prefix="fm2s-wiener") as pool:
-            list(pool.map(run, bands))
+    _each_band(run, bands, threads)
     return total, patch_weights
 
 
@@ -617,13 +612,19 @@ def _in_bands_fused(kernel, planes: list[np.ndarray], margin: int) -> np.ndarray
         top, bottom, low, high = band
         out[top:bottom] = kernel(*(p[low:high] for p in planes))[top - low:bottom - low]
 
-    if threads == 1:
+    _each_band(run, bands, threads)
+    return out
+
+
+def _each_band(run, bands: list, threads: int) -> None:
+    """``run(band)`` for each band: in turn on one thread, else in parallel on up to
+    `threads` (the fused kernels release the GIL)."""
+    if threads == 1 or len(bands) == 1:
         for band in bands:
             run(band)
     else:
-        with ThreadPoolExecutor(min(threads, len(bands)), thread_name_prefix="fm2s-nlm") as pool:
+        with ThreadPoolExecutor(min(threads, len(bands)), thread_name_prefix="fm2s-bands") as pool:
             list(pool.map(run, bands))
-    return out
 
 
 @cache
