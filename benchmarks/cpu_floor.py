@@ -19,7 +19,10 @@ the same arithmetic). ``avx2`` goes further: float32, and torch, oneDNN and MKL 
 their AVX2 kernels (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``),
 and numba's compiled for an AVX2 CPU (``NUMBA_CPU_NAME=haswell`` with ``NUMBA_CPU_FEATURES``
 empty: before 0.13.0 the latter was unset, and numba added the host's AVX-512 features), as on
-an AVX2-only CPU.
+an AVX2-only CPU. That holds the instruction set only: the core stays the host's, and a real
+AVX2-only core may be much slower (a Zen 5 held to AVX2 ran issue 41's stacks 2-2.5x faster
+than a Zen 3). Every run first prints the CPU it ran on; ``train`` measures float32, and
+bfloat16 too where the CPU has it natively (``--precisions`` to choose).
 
 ``train``: one network trained on a synthetic 512 x 512 plane (:func:`fm2s.train.fit`, the
 ``fast`` recipe: 1,500 steps of 7 crops of 48 x 48), CPU-s per plane. ``parts``: the parts of
@@ -410,6 +413,35 @@ def floor(args) -> None:
               f"{work / passes:.3f} s as written (one operation a pass)")
 
 
+def describe_cpu() -> str:
+    """One line on this machine's CPU: the figures of one kind of core do not carry to another
+    (``--precision avx2`` holds the libraries to AVX2 code, but the core stays the same: on
+    the Zen 5 of 0.13.0's figures it ran 2-2.5x faster than a real AVX2-only Zen 3)."""
+    import torch
+
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():
+                    break
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    vectors = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
+    bf16 = "with" if "avx512_bf16" in flags or "amx_bf16" in flags else "without"
+    return (f"CPU: {fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')},"
+            f" model {fields.get('model', '?')}), {vectors} {bf16} native bfloat16; torch "
+            f"{torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def native_bfloat16() -> bool:
+    import torch
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["train", "parts", "stack", "fmd", "fmd-stacks", "floor"])
@@ -420,13 +452,18 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="stack: a settings field (string values: neighbours=off)")
     parser.add_argument("--samples", type=int, default=1500)
-    parser.add_argument("--precisions", default="float32,bfloat16")
+    parser.add_argument("--precisions", default="",
+                        help="train: comma list (default float32, and bfloat16 where the CPU "
+                             "has it natively: emulated, it takes minutes a run)")
     parser.add_argument("--precision", default="",
                         help="stack, fmd: FM2S_AUTO_PRECISION (or avx2); parts: a comma list of "
                              "CPU kinds, native and/or avx2")
     parser.add_argument("--planes", default="16,64")
     parser.add_argument("--fields", type=int, default=1)
     args = parser.parse_args()
+    if not args.precisions:
+        args.precisions = "float32,bfloat16" if native_bfloat16() else "float32"
+    print(describe_cpu(), flush=True)
     {"train": train, "parts": parts, "stack": stack, "fmd": fmd, "fmd-stacks": fmd_stacks,
      "floor": floor}[args.what](args)
 
